@@ -1,0 +1,442 @@
+#!/usr/bin/env bash
+# Builds the container images the bookstore needs from Debian packages.
+#
+# Some machines that build and test this project cannot reach any container
+# image registry (`docker pull` fails and the engine starts empty), while the
+# Debian package mirrors are reachable. This script therefore assembles
+# equivalent images locally: mmdebstrap installs Debian packages into a root
+# filesystem tarball and `docker import` turns that into an image.
+#
+#   RUNTIME_IMAGE   minimal Debian with CA certificates and an unprivileged
+#                   user; base of the service images
+#   POSTGRES_IMAGE  Debian's PostgreSQL with an entrypoint that behaves like
+#                   the official `postgres` image (POSTGRES_USER/_PASSWORD/_DB)
+#   REDIS_IMAGE     Debian's Redis, listening on all interfaces, no persistence
+#
+# Images that already exist are left alone, so repeated runs take seconds.
+# stdout carries nothing but `export NAME=value` lines, meant for
+#
+#   eval "$(scripts/offline-images.sh)"
+#
+# and all progress goes to stderr.
+set -Eeuo pipefail
+
+# Keep stdout for the export lines only: everything else, including the
+# output of apt, mmdebstrap and docker, goes to stderr.
+exec 3>&1 1>&2
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
+readonly FILES_DIR="$SCRIPT_DIR/offline-images"
+
+# The tags name the Debian release and the major versions it ships, so the
+# suite is fixed rather than taken from the host.
+readonly SUITE=bookworm
+readonly PG_MAJOR=15
+readonly RUNTIME_IMAGE="bookstore/runtime:$SUITE"
+readonly POSTGRES_IMAGE="bookstore/postgres:$PG_MAJOR"
+readonly REDIS_IMAGE="bookstore/redis:7"
+
+# Unprivileged account of the runtime image, for the service images to run as.
+readonly APP_USER=bookstore
+readonly APP_UID=10001
+
+readonly DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+export DEBIAN_FRONTEND=noninteractive
+export LC_ALL=C.UTF-8
+
+usage() {
+	cat >&2 <<EOF
+Usage: ${0##*/} [--rebuild] [--help]
+
+Builds the bookstore's container images from Debian $SUITE packages with
+mmdebstrap and docker import, for machines without an image registry:
+
+  $RUNTIME_IMAGE    base image of the service images
+  $POSTGRES_IMAGE       PostgreSQL $PG_MAJOR, configured like the official image
+  $REDIS_IMAGE          Redis
+
+Existing images are kept. mmdebstrap is installed with apt-get if missing.
+Needs root (or sudo) for that, and access to the Docker engine.
+
+stdout only carries shell export lines naming the images:
+
+  eval "\$(${0##*/})"
+
+Options:
+  --rebuild   remove and rebuild the images even if they exist
+  -h, --help  show this help
+
+Environment:
+  DEBIAN_MIRROR           Debian archive to use (default: the host's, from
+                          its apt sources, else http://deb.debian.org/debian)
+  DEBIAN_SECURITY_MIRROR  security archive (default: likewise)
+EOF
+}
+
+log() { printf '%s\n' "offline-images: $*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+trap 'rc=$?; log "error: \"$BASH_COMMAND\" failed (exit $rc) at line $LINENO"; exit $rc' ERR
+
+REBUILD=false
+parse_args() {
+	while [[ $# -gt 0 ]]; do
+		case $1 in
+		-h | --help)
+			usage
+			exit 0
+			;;
+		--rebuild) REBUILD=true ;;
+		*)
+			usage
+			die "unknown argument: $1"
+			;;
+		esac
+		shift
+	done
+}
+
+# Runs a command as root, through sudo when needed.
+as_root() {
+	if [[ $EUID -eq 0 ]]; then
+		"$@"
+	elif command -v sudo >/dev/null; then
+		sudo -n "$@"
+	else
+		die "need root to run: $*"
+	fi
+}
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+check_docker() {
+	command -v docker >/dev/null || die "docker is not installed"
+	docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine (is it running, may this user use it?)"
+}
+
+# apt-get update only runs when mmdebstrap actually has to be installed.
+ensure_mmdebstrap() {
+	if command -v mmdebstrap >/dev/null; then
+		return
+	fi
+	log "installing mmdebstrap"
+	as_root apt-get update -q ||
+		die "apt-get update failed"
+	as_root apt-get install -y -q mmdebstrap </dev/null ||
+		die "could not install mmdebstrap"
+	command -v mmdebstrap >/dev/null || die "mmdebstrap is still missing after installing it"
+}
+
+# Prints "URI SUITE" for each enabled binary source of the host that carries
+# the main component, from one-line (*.list) and deb822 (*.sources) files.
+host_apt_sources() {
+	local f
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+		[[ -r $f ]] || continue
+		awk '
+			{ sub(/#.*/, ""); gsub(/\[[^]]*\]/, " ") }
+			$1 == "deb" && NF >= 4 {
+				for (i = 4; i <= NF; i++) if ($i == "main") { print $2, $3; break }
+			}' "$f"
+	done
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[[ -r $f ]] || continue
+		awk '
+			function flush(   n, u, s, i, j, t, c, hasdeb, hasmain) {
+				if (tolower(f["enabled"]) != "no") {
+					n = split(f["types"], t, " ")
+					for (i = 1; i <= n; i++) if (t[i] == "deb") hasdeb = 1
+					n = split(f["components"], c, " ")
+					for (i = 1; i <= n; i++) if (c[i] == "main") hasmain = 1
+					if (hasdeb && hasmain) {
+						n = split(f["uris"], u, " ")
+						for (i = 1; i <= n; i++) {
+							m = split(f["suites"], s, " ")
+							for (j = 1; j <= m; j++) print u[i], s[j]
+						}
+					}
+				}
+				split("", f); key = ""
+			}
+			/^[ \t]*#/ { next }
+			/^[ \t]*$/ { flush(); next }
+			/^[ \t]/ { if (key != "") f[key] = f[key] " " $0; next }
+			{
+				key = tolower($0); sub(/:.*/, "", key)
+				val = $0; sub(/^[^:]*:[ \t]*/, "", val)
+				f[key] = val
+			}
+			END { flush() }' "$f"
+	done
+}
+
+# Picks the Debian archive and security archive the host uses (so builds go
+# through the same, reachable, mirror), falling back to deb.debian.org.
+MIRRORS=()
+detect_mirrors() {
+	local host_codename="" uri suite archive="" security=""
+	if [[ -r /etc/os-release ]]; then
+		host_codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
+	fi
+	if [[ -n $host_codename && $host_codename != "$SUITE" ]]; then
+		log "note: the host runs Debian '$host_codename'; the images use '$SUITE' from the host's mirrors"
+	fi
+	while read -r uri suite; do
+		case $suite in
+		"$host_codename" | "$SUITE")
+			[[ -z $archive && $uri != *security* ]] && archive=$uri
+			;;
+		"$host_codename"-security | "$SUITE"-security | "$host_codename"/updates)
+			[[ -z $security ]] && security=$uri
+			;;
+		esac
+	done < <(host_apt_sources)
+
+	archive=${DEBIAN_MIRROR:-${archive:-http://deb.debian.org/debian}}
+	security=${DEBIAN_SECURITY_MIRROR:-${security:-http://deb.debian.org/debian-security}}
+	archive=${archive%/}
+	security=${security%/}
+	log "Debian mirrors: $archive, $security (suite $SUITE)"
+	MIRRORS=(
+		"deb $archive $SUITE main"
+		"deb $archive $SUITE-updates main"
+		"deb $security $SUITE-security main"
+	)
+}
+
+# mmdebstrap options shared by all images.
+MMDEBSTRAP_COMMON=()
+setup_mmdebstrap() {
+	local cache_dir=$1
+	MMDEBSTRAP_COMMON=(
+		--variant=minbase
+		--format=tar
+		--aptopt='APT::Install-Recommends "false"'
+		--aptopt='APT::Install-Suggests "false"'
+		# Documentation and translations are dead weight in a container;
+		# like Debian's own slim images, keep only the licences. These
+		# settings stay in the image for packages installed later.
+		--dpkgopt='path-exclude=/usr/share/doc/*'
+		--dpkgopt='path-include=/usr/share/doc/*/copyright'
+		--dpkgopt='path-exclude=/usr/share/man/*'
+		--dpkgopt='path-exclude=/usr/share/info/*'
+		--dpkgopt='path-exclude=/usr/share/groff/*'
+		--dpkgopt='path-exclude=/usr/share/lintian/*'
+		--dpkgopt='path-exclude=/usr/share/linda/*'
+		--dpkgopt='path-exclude=/usr/share/locale/*'
+		--dpkgopt='path-include=/usr/share/locale/locale.alias'
+		# Share downloaded packages between the images of one run instead of
+		# fetching the common base three times.
+		--skip=essential/unlink
+		--setup-hook='mkdir -p "$1/var/cache/apt/archives"'
+		--setup-hook="sync-in $cache_dir /var/cache/apt/archives/"
+		--customize-hook="sync-out /var/cache/apt/archives $cache_dir"
+		# Leftovers of the installation (mmdebstrap itself removes the apt
+		# lists and package cache afterwards).
+		--customize-hook='rm -rf "$1"/var/log/*.log "$1"/var/log/apt/* "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/var/cache/ldconfig/aux-cache "$1"/tmp/* "$1"/var/tmp/*'
+	)
+	# Without this hook, bookworm's init-system-helpers pulls in usrmerge and
+	# with it a full Perl; the hook sets up the merged /usr directly.
+	local merged_usr=/usr/share/mmdebstrap/hooks/merged-usr
+	if [[ -d $merged_usr ]]; then
+		MMDEBSTRAP_COMMON+=(--hook-dir="$merged_usr")
+	fi
+	if [[ -z ${http_proxy:-} ]]; then
+		# mmdebstrap runs apt with its own configuration, so pass on a proxy
+		# the host's apt may be set up with.
+		local proxy=""
+		eval "$(apt-config shell proxy Acquire::http::Proxy 2>/dev/null || true)"
+		if [[ -n $proxy && $proxy != DIRECT ]]; then
+			export http_proxy=$proxy
+		fi
+	fi
+}
+
+# build_rootfs OUT.tar [mmdebstrap options...]
+build_rootfs() {
+	local out=$1
+	shift
+	mmdebstrap "${MMDEBSTRAP_COMMON[@]}" "$@" "$SUITE" "$out" "${MIRRORS[@]}" </dev/null ||
+		die "mmdebstrap failed for $out"
+}
+
+# import_image TAR TAG [--change INSTRUCTION]...
+# Dockerfile instructions that `docker import --change` does not accept (such
+# as STOPSIGNAL) can be given in EXTRA_DOCKERFILE; they are added by a build
+# without RUN steps, which needs no network.
+EXTRA_DOCKERFILE=""
+import_image() {
+	local tar=$1 tag=$2
+	shift 2
+	if [[ -z $EXTRA_DOCKERFILE ]]; then
+		docker import "$@" "$tar" "$tag" >/dev/null || die "docker import of $tag failed"
+	else
+		local id
+		id=$(docker import "$@" "$tar") || die "docker import of $tag failed"
+		# The classic builder resolves FROM against local images only;
+		# BuildKit would try to contact a registry.
+		printf 'FROM %s\n%s\n' "$id" "$EXTRA_DOCKERFILE" |
+			DOCKER_BUILDKIT=0 docker build -q -t "$tag" - >/dev/null ||
+			die "docker build of $tag failed"
+	fi
+	EXTRA_DOCKERFILE=""
+}
+
+build_runtime_image() {
+	local tar=$WORK_DIR/runtime.tar
+	build_rootfs "$tar" \
+		--include=ca-certificates \
+		--customize-hook="chroot \"\$1\" groupadd --system --gid $APP_UID $APP_USER" \
+		--customize-hook="chroot \"\$1\" useradd --system --uid $APP_UID --gid $APP_UID --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin $APP_USER"
+	import_image "$tar" "$RUNTIME_IMAGE" \
+		--change "ENV PATH=$DEFAULT_PATH" \
+		--change 'ENV LANG=C.UTF-8' \
+		--change 'CMD ["bash"]'
+	rm -f "$tar"
+}
+
+build_postgres_image() {
+	local tar=$WORK_DIR/postgres.tar
+	local entrypoint=$FILES_DIR/postgres-entrypoint.sh
+	[[ -r $entrypoint ]] || die "missing $entrypoint"
+	local -a opts=(
+		--include="postgresql-$PG_MAJOR"
+		# The entrypoint creates the only cluster, in PGDATA; keep the
+		# package from creating its default one.
+		--essential-hook='mkdir -p "$1/etc/postgresql-common/createcluster.d" && echo "create_main_cluster = false" >"$1/etc/postgresql-common/createcluster.d/container.conf"'
+		# LLVM (for JIT compilation of queries) and its Z3 solver weigh
+		# 130 MB; PostgreSQL simply runs without JIT when its provider is
+		# absent.
+		--dpkgopt='path-exclude=/usr/lib/*/libLLVM-*'
+		--dpkgopt='path-exclude=/usr/lib/llvm-*'
+		--dpkgopt='path-exclude=/usr/lib/*/libz3.so*'
+		--dpkgopt='path-exclude=/usr/lib/postgresql/*/lib/bitcode/*'
+		--dpkgopt='path-exclude=/usr/lib/postgresql/*/lib/llvmjit*'
+		--dpkgopt='path-exclude=/usr/share/postgresql/*/man/*'
+		# PostgreSQL depends on the locales package, but only uses the
+		# C.UTF-8 locale built into glibc, so the locale sources can go.
+		--dpkgopt='path-exclude=/usr/share/i18n/charmaps/*'
+		--dpkgopt='path-exclude=/usr/share/i18n/locales/*'
+		# postgresql-common needs Perl to install, but the server does not
+		# need it to run (the entrypoint calls the binaries directly, not
+		# Debian's Perl wrappers). Dropping it saves about 50 MB; the image
+		# is not meant to be extended with apt.
+		--customize-hook='chroot "$1" dpkg --purge --force-depends perl perl-modules-5.36 libperl5.36 libjson-perl'
+		--customize-hook="upload $entrypoint /usr/local/bin/docker-entrypoint.sh"
+		--customize-hook='chmod 0755 "$1/usr/local/bin/docker-entrypoint.sh"'
+		--customize-hook='mkdir -p "$1/var/lib/postgresql/data" "$1/run/postgresql" "$1/docker-entrypoint-initdb.d"'
+		--customize-hook='chroot "$1" chown postgres:postgres /var/lib/postgresql /var/lib/postgresql/data /run/postgresql'
+		--customize-hook='chmod 0700 "$1/var/lib/postgresql/data" && chmod 3777 "$1/run/postgresql"'
+		--customize-hook='rm -rf "$1"/var/lib/postgresql/[0-9]* "$1"/etc/postgresql/[0-9]*'
+	)
+	build_rootfs "$tar" "${opts[@]}"
+	# SIGINT is PostgreSQL's "fast" shutdown; the default SIGTERM waits for
+	# all clients (e.g. connection pools) to disconnect.
+	EXTRA_DOCKERFILE='STOPSIGNAL SIGINT'
+	import_image "$tar" "$POSTGRES_IMAGE" \
+		--change "ENV PATH=/usr/lib/postgresql/$PG_MAJOR/bin:$DEFAULT_PATH" \
+		--change 'ENV LANG=C.UTF-8' \
+		--change "ENV PG_MAJOR=$PG_MAJOR" \
+		--change 'ENV PGDATA=/var/lib/postgresql/data' \
+		--change 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' \
+		--change 'CMD ["postgres"]' \
+		--change 'EXPOSE 5432'
+	rm -f "$tar"
+}
+
+build_redis_image() {
+	local tar=$WORK_DIR/redis.tar
+	local entrypoint=$FILES_DIR/redis-entrypoint.sh config=$FILES_DIR/redis.conf
+	[[ -r $entrypoint ]] || die "missing $entrypoint"
+	[[ -r $config ]] || die "missing $config"
+	build_rootfs "$tar" \
+		--include=redis-server \
+		--customize-hook="upload $config /etc/redis/container.conf" \
+		--customize-hook="upload $entrypoint /usr/local/bin/docker-entrypoint.sh" \
+		--customize-hook='chmod 0644 "$1/etc/redis/container.conf" && chmod 0755 "$1/usr/local/bin/docker-entrypoint.sh"' \
+		--customize-hook='mkdir -p "$1/data" && chroot "$1" chown redis:redis /data'
+	import_image "$tar" "$REDIS_IMAGE" \
+		--change "ENV PATH=$DEFAULT_PATH" \
+		--change 'ENV LANG=C.UTF-8' \
+		--change 'USER redis' \
+		--change 'WORKDIR /data' \
+		--change 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' \
+		--change 'CMD ["redis-server", "/etc/redis/container.conf"]' \
+		--change 'EXPOSE 6379'
+	rm -f "$tar"
+}
+
+# Service images (bookstore/booksvc, bookstore/storagesvc): to be built here
+# from the host-built release binaries on top of $RUNTIME_IMAGE, running as
+# $APP_USER. Not implemented yet.
+build_service_images() {
+	:
+}
+
+# ensure_image TAG BUILD_FUNCTION
+ensure_image() {
+	local tag=$1 build=$2
+	if [[ $REBUILD == true ]] && image_exists "$tag"; then
+		log "removing $tag for rebuild"
+		docker image rm "$tag" >/dev/null
+	fi
+	if image_exists "$tag"; then
+		log "$tag exists, skipping"
+		return
+	fi
+	prepare_build
+	log "building $tag"
+	local start=$SECONDS
+	"$build"
+	image_exists "$tag" || die "$tag was not created"
+	log "built $tag in $((SECONDS - start)) s"
+}
+
+# One-time preparation, done only when some image has to be built.
+WORK_DIR=""
+prepare_build() {
+	[[ -z $WORK_DIR ]] || return 0
+	ensure_mmdebstrap
+	detect_mirrors
+	WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/bookstore-images.XXXXXX")
+	mkdir -p "$WORK_DIR/apt-cache"
+	setup_mmdebstrap "$WORK_DIR/apt-cache"
+}
+
+cleanup() {
+	if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then
+		rm -rf -- "$WORK_DIR"
+	fi
+}
+
+main() {
+	parse_args "$@"
+	check_docker
+	trap cleanup EXIT
+
+	# Concurrent runs (say, parallel CI jobs on one engine) wait for each
+	# other rather than building the same images twice.
+	if command -v flock >/dev/null; then
+		exec 9>"${TMPDIR:-/tmp}/bookstore-offline-images.lock"
+		if ! flock -n 9; then
+			log "waiting for another run to finish"
+			flock 9
+		fi
+	fi
+
+	ensure_image "$RUNTIME_IMAGE" build_runtime_image
+	ensure_image "$POSTGRES_IMAGE" build_postgres_image
+	ensure_image "$REDIS_IMAGE" build_redis_image
+	build_service_images
+
+	printf 'export %s=%s\n' \
+		RUNTIME_IMAGE "$RUNTIME_IMAGE" \
+		POSTGRES_IMAGE "$POSTGRES_IMAGE" \
+		REDIS_IMAGE "$REDIS_IMAGE" >&3
+}
+
+main "$@"

@@ -1,0 +1,17 @@
+//! Everything both services need, written once.
+//!
+//! A service is a router of its own routes plus what lives here: configuration helpers
+//! ([`config`]), logs ([`telemetry`]), errors as RFC 9457 problem documents ([`problem`]),
+//! extractors that turn bad input into those problems ([`extract`]), liveness and readiness
+//! ([`health`]), Prometheus metrics ([`metrics`]) and a server that drains on SIGTERM
+//! ([`server`]).
+
+pub mod config;
+pub mod extract;
+pub mod health;
+pub mod metrics;
+pub mod problem;
+pub mod server;
+pub mod telemetry;
+
+pub use problem::Problem;

@@ -1,0 +1,55 @@
+//! Logging: one subscriber set-up for both services, and the per-request span that puts the
+//! request id on every line logged while handling a request.
+
+use axum::extract::MatchedPath;
+use axum::http::Request;
+use tracing::{Level, Span};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `RUST_LOG` filters (default `info`).
+///
+/// Called once from `main`. Fails if a subscriber is already installed, which tests that
+/// start several services in one process ignore on purpose.
+pub fn init(format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        // The span list carries the request span's fields (request id, route) into
+        // every JSON line, so a log collector can group one request's lines.
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(false)
+                    .with_span_list(true),
+            )
+            .try_init()?,
+        LogFormat::Pretty => registry.with(fmt::layer().pretty()).try_init()?,
+    }
+    Ok(())
+}
+
+/// The span every request runs in (used by the server's `TraceLayer`).
+pub fn request_span<B>(request: &Request<B>) -> Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
+    tracing::span!(
+        Level::INFO,
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        route,
+        request_id,
+    )
+}

@@ -1,0 +1,362 @@
+//! PostgreSQL access, bounded in time so a dead or hanging database fails requests fast.
+//!
+//! Three bounds keep every request short when the database is in trouble:
+//! - the pool's acquire timeout (`DB_ACQUIRE_TIMEOUT`): a stopped or refusing database,
+//!   and a paused one (the health ping of an idle connection hangs), fail within it;
+//! - a deadline around each whole operation (acquire + query): a database that hangs in
+//!   the middle of a query cannot hold a request longer than that;
+//! - PostgreSQL's own `statement_timeout`, so the server also stops work nobody waits for.
+//!
+//! The service starts without its database: [`Database::watch`] applies migrations as soon
+//! as the database answers, then keeps the reachability gauge current.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::types::Json;
+
+use crate::domain::{Book, IdempotencyKey, NewBook, Page};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// How long one attempt to migrate may take; a database that hangs meanwhile is retried.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often reachability is checked while the database answers.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Back-off between attempts while it does not, from the first to the largest.
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Idempotency keys are honoured for a day, then purged (checked this often).
+const IDEMPOTENCY_KEY_RETENTION_HOURS: i32 = 24;
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Why a database operation failed, as far as a caller needs to know.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Not reachable, refusing, hanging or restarting: worth retrying later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// Reachable, but the migrations have not run yet (the service started before it).
+    #[error("the database schema is not ready yet: migrations have not run")]
+    SchemaNotReady,
+    /// Anything else: a bug or a broken database, not a passing outage.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            DbError::Unavailable(err.to_string())
+        } else {
+            DbError::Other(err.to_string())
+        }
+    }
+}
+
+/// Errors that mean "the database is not there right now" rather than "this query is wrong".
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01-03: shutting down or starting up;
+            // 57014: statement_timeout fired; 53300: too many connections.
+            code.starts_with("08") || code.starts_with("57P") || code == "57014" || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// The response of a create, as stored for `Idempotency-Key` replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedResponse {
+    pub location: String,
+    pub body: Vec<u8>,
+}
+
+/// What a create did.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(CreatedResponse),
+    /// The key was seen before with the same request: the first response, again.
+    Replayed(CreatedResponse),
+    /// The key was seen before with a different request.
+    KeyReused,
+}
+
+/// The books store: a lazily connecting pool plus the bounds above.
+pub struct Database {
+    pool: PgPool,
+    operation_timeout: Duration,
+    schema_ready: AtomicBool,
+    reachable: AtomicBool,
+    reachable_gauge: Gauge<i64, AtomicI64>,
+}
+
+impl Database {
+    /// Creates the pool without connecting: the service must start while the database is down.
+    pub fn new(
+        options: PgConnectOptions,
+        acquire_timeout: Duration,
+        query_timeout: Duration,
+        max_connections: u32,
+        registry: &mut Registry,
+    ) -> Arc<Self> {
+        let statement_timeout = format!("{}", query_timeout.as_millis().max(1));
+        let options = options
+            .application_name("storagesvc")
+            .options([("statement_timeout", statement_timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            // Pings an idle connection before handing it out: after a database restart the
+            // broken connections are dropped here instead of failing a request.
+            .test_before_acquire(true)
+            .connect_lazy_with(options);
+        let reachable_gauge = Gauge::default();
+        registry.register(
+            "database_up",
+            "1 when the database answered the last check, 0 when it did not",
+            reachable_gauge.clone(),
+        );
+        Arc::new(Self {
+            pool,
+            operation_timeout: acquire_timeout + query_timeout,
+            schema_ready: AtomicBool::new(false),
+            reachable: AtomicBool::new(false),
+            reachable_gauge,
+        })
+    }
+
+    /// Runs one operation under the operation deadline, after checking the schema exists.
+    async fn bounded<T, F>(&self, operation: F) -> Result<T, DbError>
+    where
+        F: Future<Output = Result<T, sqlx::Error>>,
+    {
+        if !self.schema_ready.load(Ordering::Acquire) {
+            return Err(DbError::SchemaNotReady);
+        }
+        match tokio::time::timeout(self.operation_timeout, operation).await {
+            Ok(result) => result.map_err(DbError::from),
+            Err(_) => Err(DbError::Unavailable(format!(
+                "no answer within {:?}",
+                self.operation_timeout
+            ))),
+        }
+    }
+
+    pub async fn list_books(&self, page: Page) -> Result<Vec<Book>, DbError> {
+        self.bounded(
+            sqlx::query_as::<_, Book>(
+                r#"SELECT id, title, author, "desc" FROM books ORDER BY id LIMIT $1 OFFSET $2"#,
+            )
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(&self.pool),
+        )
+        .await
+    }
+
+    pub async fn get_book(&self, id: i64) -> Result<Option<Book>, DbError> {
+        self.bounded(
+            sqlx::query_as::<_, Book>(
+                r#"SELECT id, title, author, "desc" FROM books WHERE id = $1"#,
+            )
+            .bind(id)
+            .fetch_optional(&self.pool),
+        )
+        .await
+    }
+
+    pub async fn update_book(&self, id: i64, book: &NewBook) -> Result<Option<Book>, DbError> {
+        self.bounded(
+            sqlx::query_as::<_, Book>(
+                r#"UPDATE books SET title = $2, author = $3, "desc" = $4 WHERE id = $1
+                   RETURNING id, title, author, "desc""#,
+            )
+            .bind(id)
+            .bind(book.title())
+            .bind(book.author())
+            .bind(book.desc())
+            .fetch_optional(&self.pool),
+        )
+        .await
+    }
+
+    /// `true` when a book was deleted, `false` when there was none with that id.
+    pub async fn delete_book(&self, id: i64) -> Result<bool, DbError> {
+        let result = self
+            .bounded(
+                sqlx::query("DELETE FROM books WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool),
+            )
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Inserts a book. With a key, the insert and the stored response commit together, and
+    /// concurrent requests with the same key are serialised by an advisory lock, so a key
+    /// creates at most one book however often and however concurrently it is retried.
+    pub async fn create_book(
+        &self,
+        book: &NewBook,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<CreateOutcome, DbError> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            if let Some(key) = key {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(key.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let previous: Option<(bool, String, Vec<u8>)> = sqlx::query_as(
+                    "SELECT request = $2, location, response_body FROM idempotency_keys WHERE key = $1",
+                )
+                .bind(key.as_str())
+                .bind(Json(book))
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((same_request, location, body)) = previous {
+                    tx.rollback().await?;
+                    return Ok(if same_request {
+                        CreateOutcome::Replayed(CreatedResponse { location, body })
+                    } else {
+                        CreateOutcome::KeyReused
+                    });
+                }
+            }
+            let created: Book = sqlx::query_as(
+                r#"INSERT INTO books (title, author, "desc") VALUES ($1, $2, $3)
+                   RETURNING id, title, author, "desc""#,
+            )
+            .bind(book.title())
+            .bind(book.author())
+            .bind(book.desc())
+            .fetch_one(&mut *tx)
+            .await?;
+            let response = CreatedResponse {
+                location: format!("/books/{}", created.id),
+                body: serde_json::to_vec(&created).map_err(|err| sqlx::Error::Encode(Box::new(err)))?,
+            };
+            if let Some(key) = key {
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (key, request, response_status, location, response_body)
+                     VALUES ($1, $2, 201, $3, $4)",
+                )
+                .bind(key.as_str())
+                .bind(Json(book))
+                .bind(&response.location)
+                .bind(&response.body)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(CreateOutcome::Created(response))
+        })
+        .await
+    }
+
+    /// Readiness: the schema is in place and the database answers now.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map(drop)
+    }
+
+    pub fn schema_ready(&self) -> bool {
+        self.schema_ready.load(Ordering::Acquire)
+    }
+
+    /// Runs for the life of the service: migrates once the database answers, then keeps
+    /// reachability (gauge and log) current and purges expired idempotency keys.
+    pub async fn watch(self: Arc<Self>) {
+        let mut retry = WATCH_RETRY_MIN;
+        let mut last_purge: Option<Instant> = None;
+        loop {
+            let result = match self.migrate_if_needed().await {
+                Ok(()) => self.ping().await,
+                Err(err) => Err(err),
+            };
+            self.record_reachability(&result);
+            let pause = match result {
+                Ok(()) => {
+                    if last_purge.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL) {
+                        self.purge_expired_keys().await;
+                        last_purge = Some(Instant::now());
+                    }
+                    retry = WATCH_RETRY_MIN;
+                    WATCH_INTERVAL
+                }
+                Err(_) => {
+                    let pause = retry;
+                    retry = (retry * 2).min(WATCH_RETRY_MAX);
+                    pause
+                }
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn migrate_if_needed(&self) -> Result<(), DbError> {
+        if self.schema_ready() {
+            return Ok(());
+        }
+        match tokio::time::timeout(MIGRATION_TIMEOUT, MIGRATOR.run(&self.pool)).await {
+            Ok(Ok(())) => {
+                self.schema_ready.store(true, Ordering::Release);
+                tracing::info!("database migrations applied");
+                Ok(())
+            }
+            Ok(Err(sqlx::migrate::MigrateError::Execute(err))) => Err(DbError::from(err)),
+            Ok(Err(err)) => {
+                // Not an outage: a migration itself is broken. Keep retrying (someone may
+                // fix the database), but say so loudly.
+                tracing::error!(error = %err, "database migrations failed");
+                Err(DbError::Other(err.to_string()))
+            }
+            Err(_) => Err(DbError::Unavailable(format!(
+                "migrations did not finish within {MIGRATION_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    fn record_reachability(&self, result: &Result<(), DbError>) {
+        let up = result.is_ok();
+        self.reachable_gauge.set(i64::from(up));
+        let was_up = self.reachable.swap(up, Ordering::AcqRel);
+        match result {
+            Ok(()) if !was_up => tracing::info!("database reachable"),
+            Err(err) if was_up => tracing::warn!(error = %err, "database unreachable"),
+            Err(err) => tracing::debug!(error = %err, "database still unreachable"),
+            Ok(()) => {}
+        }
+    }
+
+    async fn purge_expired_keys(&self) {
+        let purge = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
+        )
+        .bind(IDEMPOTENCY_KEY_RETENTION_HOURS)
+        .execute(&self.pool);
+        match self.bounded(purge).await {
+            Ok(done) if done.rows_affected() > 0 => {
+                tracing::info!(
+                    purged = done.rows_affected(),
+                    "purged expired idempotency keys"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "could not purge expired idempotency keys"),
+        }
+    }
+}

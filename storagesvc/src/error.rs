@@ -1,0 +1,54 @@
+//! The one place where storagesvc's failures become HTTP responses.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use shared::Problem;
+
+use crate::db::DbError;
+
+/// Everything a handler can fail with.
+#[derive(Debug)]
+pub enum ApiError {
+    NotFound(i64),
+    /// The request parsed but its content is not acceptable.
+    Invalid(String),
+    /// A malformed header or parameter.
+    BadRequest(String),
+    /// The `Idempotency-Key` was used before with a different request.
+    IdempotencyKeyReused,
+    Db {
+        error: DbError,
+        retry_after: Duration,
+    },
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            ApiError::NotFound(id) => Problem::not_found(format!("no book with id {id}")),
+            ApiError::Invalid(detail) => Problem::unprocessable(detail),
+            ApiError::BadRequest(detail) => Problem::bad_request(detail),
+            ApiError::IdempotencyKeyReused => Problem::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "this Idempotency-Key was already used with a different request body",
+            ),
+            ApiError::Db {
+                error: error @ (DbError::Unavailable(_) | DbError::SchemaNotReady),
+                retry_after,
+            } => {
+                tracing::warn!(%error, "answering 503: database unavailable");
+                Problem::unavailable("database-unavailable", error.to_string(), retry_after)
+            }
+            ApiError::Db {
+                error: DbError::Other(error),
+                ..
+            } => {
+                tracing::error!(%error, "database error");
+                Problem::internal()
+            }
+        };
+        problem.into_response()
+    }
+}
