@@ -19,6 +19,11 @@
 #   eval "$(scripts/offline-images.sh)"
 #
 # and all progress goes to stderr.
+
+# The mmdebstrap hooks below are single-quoted on purpose: mmdebstrap runs them
+# with sh, passing the root directory being built as $1.
+# shellcheck disable=SC2016
+
 set -Eeuo pipefail
 
 # Keep stdout for the export lines only: everything else, including the
@@ -35,7 +40,8 @@ readonly SUITE=bookworm
 readonly PG_MAJOR=15
 readonly RUNTIME_IMAGE="bookstore/runtime:$SUITE"
 readonly POSTGRES_IMAGE="bookstore/postgres:$PG_MAJOR"
-readonly REDIS_IMAGE="bookstore/redis:7"
+readonly REDIS_MAJOR=7
+readonly REDIS_IMAGE="bookstore/redis:$REDIS_MAJOR"
 
 # Unprivileged account of the runtime image, for the service images to run as.
 readonly APP_USER=bookstore
@@ -53,9 +59,10 @@ Usage: ${0##*/} [--rebuild] [--help]
 Builds the bookstore's container images from Debian $SUITE packages with
 mmdebstrap and docker import, for machines without an image registry:
 
-  $RUNTIME_IMAGE    base image of the service images
-  $POSTGRES_IMAGE       PostgreSQL $PG_MAJOR, configured like the official image
-  $REDIS_IMAGE          Redis
+$(printf '  %-28s %s\n' \
+		"$RUNTIME_IMAGE" "base image of the service images" \
+		"$POSTGRES_IMAGE" "PostgreSQL $PG_MAJOR, configured like the official image" \
+		"$REDIS_IMAGE" "Redis $REDIS_MAJOR")
 
 Existing images are kept. mmdebstrap is installed with apt-get if missing.
 Needs root (or sudo) for that, and access to the Docker engine.
@@ -80,7 +87,12 @@ die() {
 	log "error: $*"
 	exit 1
 }
-trap 'rc=$?; log "error: \"$BASH_COMMAND\" failed (exit $rc) at line $LINENO"; exit $rc' ERR
+on_error() {
+	local rc=$? line=$1 cmd=$2
+	log "error: '$cmd' failed (exit $rc) at line $line"
+	exit "$rc"
+}
+trap 'on_error "$LINENO" "$BASH_COMMAND"' ERR
 
 REBUILD=false
 parse_args() {
@@ -180,6 +192,7 @@ MIRRORS=()
 detect_mirrors() {
 	local host_codename="" uri suite archive="" security=""
 	if [[ -r /etc/os-release ]]; then
+		# shellcheck disable=SC1091
 		host_codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
 	fi
 	if [[ -n $host_codename && $host_codename != "$SUITE" ]]; then
@@ -235,9 +248,10 @@ setup_mmdebstrap() {
 		--setup-hook='mkdir -p "$1/var/cache/apt/archives"'
 		--setup-hook="sync-in $cache_dir /var/cache/apt/archives/"
 		--customize-hook="sync-out /var/cache/apt/archives $cache_dir"
-		# Leftovers of the installation (mmdebstrap itself removes the apt
-		# lists and package cache afterwards).
-		--customize-hook='rm -rf "$1"/var/log/*.log "$1"/var/log/apt/* "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/var/cache/ldconfig/aux-cache "$1"/tmp/* "$1"/var/tmp/*'
+		# Leftovers of the installation. mmdebstrap itself empties /tmp
+		# (which holds its apt configuration until the end) and removes the
+		# apt lists and package cache afterwards.
+		--customize-hook='rm -rf "$1"/var/log/*.log "$1"/var/log/apt/*.log "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/var/cache/ldconfig/aux-cache'
 	)
 	# Without this hook, bookworm's init-system-helpers pulls in usrmerge and
 	# with it a full Perl; the hook sets up the merged /usr directly.
@@ -262,6 +276,17 @@ build_rootfs() {
 	shift
 	mmdebstrap "${MMDEBSTRAP_COMMON[@]}" "$@" "$SUITE" "$out" "${MIRRORS[@]}" </dev/null ||
 		die "mmdebstrap failed for $out"
+}
+
+# stage_file NAME: copies NAME from the files directory into the work
+# directory and prints the copy's path. mmdebstrap's upload hook splits its
+# arguments at spaces, so files are not uploaded straight from the checkout,
+# whose path might contain some.
+stage_file() {
+	local src=$FILES_DIR/$1
+	[[ -r $src ]] || die "missing $src"
+	cp -- "$src" "$WORK_DIR/$1"
+	printf '%s\n' "$WORK_DIR/$1"
 }
 
 # import_image TAR TAG [--change INSTRUCTION]...
@@ -290,8 +315,8 @@ build_runtime_image() {
 	local tar=$WORK_DIR/runtime.tar
 	build_rootfs "$tar" \
 		--include=ca-certificates \
-		--customize-hook="chroot \"\$1\" groupadd --system --gid $APP_UID $APP_USER" \
-		--customize-hook="chroot \"\$1\" useradd --system --uid $APP_UID --gid $APP_UID --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin $APP_USER"
+		--customize-hook="chroot \"\$1\" groupadd --gid $APP_UID $APP_USER" \
+		--customize-hook="chroot \"\$1\" useradd --uid $APP_UID --gid $APP_UID --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin $APP_USER"
 	import_image "$tar" "$RUNTIME_IMAGE" \
 		--change "ENV PATH=$DEFAULT_PATH" \
 		--change 'ENV LANG=C.UTF-8' \
@@ -300,9 +325,8 @@ build_runtime_image() {
 }
 
 build_postgres_image() {
-	local tar=$WORK_DIR/postgres.tar
-	local entrypoint=$FILES_DIR/postgres-entrypoint.sh
-	[[ -r $entrypoint ]] || die "missing $entrypoint"
+	local tar=$WORK_DIR/postgres.tar entrypoint
+	entrypoint=$(stage_file postgres-entrypoint.sh)
 	local -a opts=(
 		--include="postgresql-$PG_MAJOR"
 		# The entrypoint creates the only cluster, in PGDATA; keep the
@@ -316,7 +340,6 @@ build_postgres_image() {
 		--dpkgopt='path-exclude=/usr/lib/*/libz3.so*'
 		--dpkgopt='path-exclude=/usr/lib/postgresql/*/lib/bitcode/*'
 		--dpkgopt='path-exclude=/usr/lib/postgresql/*/lib/llvmjit*'
-		--dpkgopt='path-exclude=/usr/share/postgresql/*/man/*'
 		# PostgreSQL depends on the locales package, but only uses the
 		# C.UTF-8 locale built into glibc, so the locale sources can go.
 		--dpkgopt='path-exclude=/usr/share/i18n/charmaps/*'
@@ -328,9 +351,12 @@ build_postgres_image() {
 		--customize-hook='chroot "$1" dpkg --purge --force-depends perl perl-modules-5.36 libperl5.36 libjson-perl'
 		--customize-hook="upload $entrypoint /usr/local/bin/docker-entrypoint.sh"
 		--customize-hook='chmod 0755 "$1/usr/local/bin/docker-entrypoint.sh"'
-		--customize-hook='mkdir -p "$1/var/lib/postgresql/data" "$1/run/postgresql" "$1/docker-entrypoint-initdb.d"'
-		--customize-hook='chroot "$1" chown postgres:postgres /var/lib/postgresql /var/lib/postgresql/data /run/postgresql'
-		--customize-hook='chmod 0700 "$1/var/lib/postgresql/data" && chmod 3777 "$1/run/postgresql"'
+		# /run is emptied by mmdebstrap; the entrypoint creates the socket
+		# directory at start.
+		--customize-hook='mkdir -p "$1/var/lib/postgresql/data" "$1/docker-entrypoint-initdb.d"'
+		--customize-hook='chroot "$1" chown postgres:postgres /var/lib/postgresql /var/lib/postgresql/data'
+		--customize-hook='chmod 0700 "$1/var/lib/postgresql/data"'
+		# Should a default cluster have been created after all, drop it.
 		--customize-hook='rm -rf "$1"/var/lib/postgresql/[0-9]* "$1"/etc/postgresql/[0-9]*'
 	)
 	build_rootfs "$tar" "${opts[@]}"
@@ -349,10 +375,9 @@ build_postgres_image() {
 }
 
 build_redis_image() {
-	local tar=$WORK_DIR/redis.tar
-	local entrypoint=$FILES_DIR/redis-entrypoint.sh config=$FILES_DIR/redis.conf
-	[[ -r $entrypoint ]] || die "missing $entrypoint"
-	[[ -r $config ]] || die "missing $config"
+	local tar=$WORK_DIR/redis.tar entrypoint config
+	entrypoint=$(stage_file redis-entrypoint.sh)
+	config=$(stage_file redis.conf)
 	build_rootfs "$tar" \
 		--include=redis-server \
 		--customize-hook="upload $config /etc/redis/container.conf" \
@@ -403,6 +428,9 @@ prepare_build() {
 	ensure_mmdebstrap
 	detect_mirrors
 	WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/bookstore-images.XXXXXX")
+	if [[ $WORK_DIR == *[[:space:]]* ]]; then
+		die "the temporary directory '$WORK_DIR' contains spaces, which mmdebstrap hooks cannot handle; set TMPDIR to another directory"
+	fi
 	mkdir -p "$WORK_DIR/apt-cache"
 	setup_mmdebstrap "$WORK_DIR/apt-cache"
 }
@@ -417,6 +445,8 @@ main() {
 	parse_args "$@"
 	check_docker
 	trap cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
 
 	# Concurrent runs (say, parallel CI jobs on one engine) wait for each
 	# other rather than building the same images twice.

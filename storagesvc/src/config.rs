@@ -56,6 +56,11 @@ pub struct Config {
 }
 
 fn parse_database_url(value: &str) -> Result<PgConnectOptions, String> {
+    // The driver's parser ignores the scheme; a `mysql://` URL would only fail at the first
+    // connection, long after start-up, so the scheme is checked here.
+    if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+        return Err("expected a URL starting with postgres:// or postgresql://".to_owned());
+    }
     PgConnectOptions::from_str(value).map_err(|err| format!("not a PostgreSQL URL: {err}"))
 }
 
@@ -86,6 +91,14 @@ mod tests {
         .to_string();
         assert!(err.contains("--db-acquire-timeout"), "{err}");
         assert!(err.contains("expected a duration"), "{err}");
+    }
+
+    #[test]
+    fn database_url_must_be_postgres() {
+        let err = Config::try_parse_from(["storagesvc", "--database-url", "mysql://u:p@h/db"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgres://"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! as the database answers, then keeps the reachability gauge current.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -33,6 +33,10 @@ const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Idempotency keys are honoured for a day, then purged (checked this often).
 const IDEMPOTENCY_KEY_RETENTION_HOURS: i32 = 24;
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+const REACHABILITY_UNKNOWN: u8 = 0;
+const REACHABILITY_UP: u8 = 1;
+const REACHABILITY_DOWN: u8 = 2;
 
 /// Why a database operation failed, as far as a caller needs to know.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +102,8 @@ pub struct Database {
     pool: PgPool,
     operation_timeout: Duration,
     schema_ready: AtomicBool,
-    reachable: AtomicBool,
+    /// Last reachability seen by the watcher: one of the `REACHABILITY_*` values.
+    reachability: AtomicU8,
     reachable_gauge: Gauge<i64, AtomicI64>,
 }
 
@@ -132,7 +137,7 @@ impl Database {
             pool,
             operation_timeout: acquire_timeout + query_timeout,
             schema_ready: AtomicBool::new(false),
-            reachable: AtomicBool::new(false),
+            reachability: AtomicU8::new(REACHABILITY_UNKNOWN),
             reachable_gauge,
         })
     }
@@ -266,11 +271,15 @@ impl Database {
         .await
     }
 
-    /// Readiness: the schema is in place and the database answers now.
+    /// Readiness: the schema is in place and the database answers now. Every ping, the
+    /// watcher's or a readiness probe's, updates the reachability gauge.
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
+        let result = self
+            .bounded(sqlx::query("SELECT 1").execute(&self.pool))
             .await
-            .map(drop)
+            .map(drop);
+        self.record_reachability(&result);
+        result
     }
 
     pub fn schema_ready(&self) -> bool {
@@ -285,9 +294,11 @@ impl Database {
         loop {
             let result = match self.migrate_if_needed().await {
                 Ok(()) => self.ping().await,
-                Err(err) => Err(err),
+                Err(err) => {
+                    self.record_reachability(&Err::<(), _>(&err));
+                    Err(err)
+                }
             };
-            self.record_reachability(&result);
             let pause = match result {
                 Ok(()) => {
                     if last_purge.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL) {
@@ -330,13 +341,20 @@ impl Database {
         }
     }
 
-    fn record_reachability(&self, result: &Result<(), DbError>) {
-        let up = result.is_ok();
-        self.reachable_gauge.set(i64::from(up));
-        let was_up = self.reachable.swap(up, Ordering::AcqRel);
+    fn record_reachability<E: std::fmt::Display>(&self, result: &Result<(), E>) {
+        self.reachable_gauge.set(i64::from(result.is_ok()));
+        let now = if result.is_ok() {
+            REACHABILITY_UP
+        } else {
+            REACHABILITY_DOWN
+        };
+        let before = self.reachability.swap(now, Ordering::AcqRel);
+        // Log changes only: an outage is one warning, not one every few seconds.
         match result {
-            Ok(()) if !was_up => tracing::info!("database reachable"),
-            Err(err) if was_up => tracing::warn!(error = %err, "database unreachable"),
+            Ok(()) if before != REACHABILITY_UP => tracing::info!("database reachable"),
+            Err(err) if before != REACHABILITY_DOWN => {
+                tracing::warn!(error = %err, "database unreachable")
+            }
             Err(err) => tracing::debug!(error = %err, "database still unreachable"),
             Ok(()) => {}
         }

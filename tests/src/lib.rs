@@ -1,1 +1,19 @@
-//! placeholder
+//! Helpers for the system tests: real containers, the real services started in-process,
+//! and polling with deadlines. Each test file under `tests/tests/` reads as the promises it
+//! checks; the mechanics live here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod containers;
+pub mod poll;
+pub mod storagesvc;
+
+/// Logs of the services under test go to the test output when `TEST_LOG` is set.
+pub fn init_test_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            // Another subscriber may already be installed; then that one is used.
+            let _ = shared::telemetry::init(shared::config::LogFormat::Pretty);
+        }
+    });
+}

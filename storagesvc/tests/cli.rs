@@ -1,0 +1,93 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! storagesvc's command line: `--help` documents every variable, bad values stop it.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs the binary to completion; a process still running after a few seconds has
+/// accepted a configuration it should have refused, so it is killed and the test fails.
+fn run(command: &mut Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after 10 s (it started serving?):\n{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn help_lists_every_variable_with_its_default() {
+    let output = run(Command::new(env!("CARGO_BIN_EXE_storagesvc"))
+        .arg("--help")
+        .env_clear());
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for (variable, default) in [
+        ("BIND_ADDR", Some("0.0.0.0:8082")),
+        ("DATABASE_URL", None),
+        ("DB_ACQUIRE_TIMEOUT", Some("500ms")),
+        ("DB_QUERY_TIMEOUT", Some("1s")),
+        ("DB_MAX_CONNECTIONS", Some("16")),
+        ("DB_RETRY_AFTER", Some("1s")),
+        ("AUTH_TOKENS", None),
+        ("LOG_FORMAT", Some("json")),
+        ("SHUTDOWN_GRACE", Some("10s")),
+    ] {
+        assert!(
+            help.contains(&format!("[env: {variable}")),
+            "{variable} missing from:\n{help}"
+        );
+        if let Some(default) = default {
+            assert!(
+                help.contains(&format!("[default: {default}]")),
+                "default {default} of {variable} missing:\n{help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn invalid_values_stop_startup_naming_the_variable() {
+    for (variable, value) in [
+        ("DB_ACQUIRE_TIMEOUT", "soon"),
+        ("DATABASE_URL", "mysql://nope"),
+        ("BIND_ADDR", "not-an-address"),
+        ("LOG_FORMAT", "xml"),
+        ("DB_MAX_CONNECTIONS", "0"),
+    ] {
+        let output = run(Command::new(env!("CARGO_BIN_EXE_storagesvc"))
+            .env_clear()
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .env("DATABASE_URL", "postgres://u:p@127.0.0.1:1/db")
+            .env(variable, value));
+        assert!(
+            !output.status.success(),
+            "{variable}={value} should stop start-up"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(variable),
+            "{variable}={value}: message does not name it:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn missing_database_url_names_the_variable() {
+    let output = run(Command::new(env!("CARGO_BIN_EXE_storagesvc")).env_clear());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}

@@ -1,0 +1,106 @@
+//! The storagesvc process and SIGTERM: an in-flight request completes, the process exits 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use system_tests::containers::{Postgres, free_port};
+use system_tests::poll::eventually;
+use system_tests::storagesvc::TOKEN;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
+    let db = Postgres::start().await;
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_storagesvc"))
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", db.url())
+        .env("AUTH_TOKENS", TOKEN)
+        // Long enough that the request below is still waiting for its connection when
+        // SIGTERM arrives, and can still complete once the database is back.
+        .env("DB_ACQUIRE_TIMEOUT", "5s")
+        .env("DB_QUERY_TIMEOUT", "5s")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(30),
+        "the storagesvc process is ready",
+        || async {
+            let response = http
+                .get(format!("{base}/.well-known/health"))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+
+    // Freeze the database so the next request is held in flight, waiting for it.
+    db.pause().await;
+    let in_flight = tokio::spawn({
+        let request = http
+            .get(format!("{base}/books/1"))
+            .bearer_auth(TOKEN)
+            .send();
+        async move { request.await.map(|r| r.status()) }
+    });
+    // The request must have reached the server before the signal; it is then held by
+    // the paused database for as long as the test wants, so this is not a race on timing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the request should be waiting for the paused database"
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+
+    // While draining, no new connections are accepted.
+    let refused = eventually(
+        Duration::from_secs(2),
+        "new connections refused while draining",
+        || async {
+            http.get(format!("{base}/.well-known/alive"))
+                .send()
+                .await
+                .err()
+                .map(|_| ())
+        },
+    );
+    refused.await;
+
+    db.unpause().await;
+    let status = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request got a response");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the in-flight request completed normally"
+    );
+
+    let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("storagesvc exits within 5 s of SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exited {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+}

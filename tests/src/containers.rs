@@ -1,0 +1,155 @@
+//! Real dependencies in containers, with the faults the tests inject: stop, start, pause.
+//!
+//! Images come from `POSTGRES_IMAGE` (`name:tag`), defaulting to the official image; on
+//! machines without a registry, `scripts/offline-images.sh` builds one and exports the name.
+//!
+//! A container's host port is fixed when it is created: Docker gives a restarted container
+//! a new random port otherwise, and the service under test, configured once with a URL,
+//! would lose its database for good.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+pub const POSTGRES_USER: &str = "bookstore";
+pub const POSTGRES_PASSWORD: &str = "bookstore-test-password";
+pub const POSTGRES_DB: &str = "books";
+
+/// Fails the test with a clear message when no Docker engine answers. These tests are
+/// never skipped: a run without Docker is a failed run, in CI and anywhere else.
+pub async fn require_docker() {
+    let reachable = match testcontainers::core::client::docker_client_instance().await {
+        Ok(docker) => docker.ping().await.map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    if let Err(err) = reachable {
+        panic!(
+            "these system tests need a running Docker engine and none answered ({err}). \
+             Start Docker (and on a machine without an image registry, run \
+             `eval \"$(scripts/offline-images.sh)\"` first)."
+        );
+    }
+}
+
+/// `name:tag` from the environment, or the default.
+fn image_from_env(variable: &str, default: &str) -> (String, String) {
+    split_reference(&std::env::var(variable).unwrap_or_else(|_| default.to_owned()))
+}
+
+/// Splits an image reference into name and tag. The tag follows the last ':' after the
+/// last '/', since a registry host may carry a port.
+fn split_reference(reference: &str) -> (String, String) {
+    let name_start = reference.rfind('/').map_or(0, |slash| slash + 1);
+    match reference[name_start..].rfind(':') {
+        Some(colon) => {
+            let colon = name_start + colon;
+            (
+                reference[..colon].to_owned(),
+                reference[colon + 1..].to_owned(),
+            )
+        }
+        None => (reference.to_owned(), "latest".to_owned()),
+    }
+}
+
+/// A free TCP port on the host, to fix a container's mapping before it is created.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A PostgreSQL container on a fixed host port.
+pub struct Postgres {
+    container: ContainerAsync<GenericImage>,
+    host_port: u16,
+}
+
+impl Postgres {
+    /// Starts PostgreSQL on a free host port.
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts PostgreSQL on `host_port` (which a service may already be configured with).
+    pub async fn start_on(host_port: u16) -> Self {
+        require_docker().await;
+        let (name, tag) = image_from_env("POSTGRES_IMAGE", "postgres:17");
+        let container = GenericImage::new(name, tag)
+            .with_exposed_port(5432.tcp())
+            .with_wait_for(WaitFor::message_on_stderr(
+                "database system is ready to accept connections",
+            ))
+            .with_env_var("POSTGRES_USER", POSTGRES_USER)
+            .with_env_var("POSTGRES_PASSWORD", POSTGRES_PASSWORD)
+            .with_env_var("POSTGRES_DB", POSTGRES_DB)
+            .with_mapped_port(host_port, 5432.tcp())
+            .with_startup_timeout(Duration::from_secs(60))
+            .start()
+            .await
+            .expect("start the PostgreSQL container");
+        Self {
+            container,
+            host_port,
+        }
+    }
+
+    /// The URL a service on the host uses to reach this database.
+    pub fn url(&self) -> String {
+        url_for_port(self.host_port)
+    }
+
+    /// `docker stop`: PostgreSQL shuts down, connections are closed, new ones refused.
+    pub async fn stop(&self) {
+        self.container
+            .stop_with_timeout(Some(10))
+            .await
+            .expect("stop PostgreSQL");
+    }
+
+    /// `docker start` after a stop; same host port, same data.
+    pub async fn start_again(&self) {
+        self.container
+            .start()
+            .await
+            .expect("start PostgreSQL again");
+    }
+
+    /// `docker pause`: the process is frozen. Connections neither fail nor answer: a hang.
+    pub async fn pause(&self) {
+        self.container.pause().await.expect("pause PostgreSQL");
+    }
+
+    pub async fn unpause(&self) {
+        self.container.unpause().await.expect("unpause PostgreSQL");
+    }
+}
+
+/// The URL of a test database on `host_port`, whether or not one is running there yet.
+pub fn url_for_port(host_port: u16) -> String {
+    format!("postgres://{POSTGRES_USER}:{POSTGRES_PASSWORD}@127.0.0.1:{host_port}/{POSTGRES_DB}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn image_references_split_into_name_and_tag() {
+        let split = |r: &str| split_reference(r);
+        assert_eq!(split("postgres:17"), ("postgres".into(), "17".into()));
+        assert_eq!(
+            split("bookstore/postgres:15"),
+            ("bookstore/postgres".into(), "15".into())
+        );
+        assert_eq!(
+            split("host:5000/pg"),
+            ("host:5000/pg".into(), "latest".into())
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! storagesvc when its database fails for real: stopped, paused, not there at start-up;
+//! restarts of the service; SIGTERM with a request in flight.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use system_tests::containers::{Postgres, free_port, url_for_port};
+use system_tests::poll::eventually;
+use system_tests::storagesvc::{TestStoragesvc, assert_problem};
+
+/// DESIGN: a request fails within a bounded time while the database is down.
+const FAIL_FAST_BOUND: Duration = Duration::from_secs(1);
+
+/// `GET /books` answers 503 + Retry-After + problem within the fail-fast bound.
+async fn assert_fails_fast(app: &TestStoragesvc, path: &str) {
+    let started = Instant::now();
+    let response = app.get(path).await;
+    let elapsed = started.elapsed();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let problem = assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        problem["type"],
+        "urn:bookstore:problem:database-unavailable"
+    );
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(
+        elapsed < FAIL_FAST_BOUND,
+        "{path} took {elapsed:?}, bound {FAIL_FAST_BOUND:?}"
+    );
+}
+
+async fn assert_serves_books(app: &TestStoragesvc) {
+    let books = app.books().await;
+    assert!(books.iter().any(|b| b["title"] == "One book"), "{books:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_database_gives_fast_503_and_service_recovers_without_restart() {
+    let db = Postgres::start().await;
+    let app = TestStoragesvc::spawn_ready(&db.url()).await;
+    assert_serves_books(&app).await;
+
+    db.stop().await;
+    for path in ["/books", "/books/1", "/books?limit=5"] {
+        assert_fails_fast(&app, path).await;
+    }
+    assert_eq!(app.readiness().await, StatusCode::SERVICE_UNAVAILABLE);
+    let health: Value = app
+        .http
+        .get(app.url("/.well-known/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["checks"]["database"]["status"], "down", "{health}");
+    eventually(
+        Duration::from_secs(5),
+        "database_up 0 in /metrics",
+        || async {
+            let text = app
+                .http
+                .get(app.url("/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines().any(|l| l == "database_up 0").then_some(())
+        },
+    )
+    .await;
+
+    db.start_again().await;
+    let recovered = Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        "GET /books 200 after the database restarted",
+        || async { (app.get("/books").await.status() == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "fresh answers {:?} after `docker start` returned",
+        recovered.elapsed()
+    );
+    assert_serves_books(&app).await;
+    assert_eq!(app.readiness().await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_database_gives_fast_503_and_service_recovers_after_unpause() {
+    let db = Postgres::start().await;
+    let app = TestStoragesvc::spawn_ready(&db.url()).await;
+    assert_serves_books(&app).await;
+
+    db.pause().await;
+    for path in ["/books", "/books/1", "/books"] {
+        assert_fails_fast(&app, path).await;
+    }
+    let started = Instant::now();
+    assert_eq!(app.readiness().await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "readiness took {:?}",
+        started.elapsed()
+    );
+
+    db.unpause().await;
+    eventually(
+        Duration::from_secs(10),
+        "GET /books 200 after unpause",
+        || async { (app.get("/books").await.status() == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    assert_serves_books(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_without_its_database_and_migrates_once_it_appears() {
+    let port = free_port();
+    let app = TestStoragesvc::spawn(&url_for_port(port), &[]).await;
+
+    assert_eq!(app.readiness().await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_fails_fast(&app, "/books").await;
+
+    let _db = Postgres::start_on(port).await;
+    app.wait_until_ready(Duration::from_secs(30)).await;
+    assert_serves_books(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_books_exist_exactly_once_after_two_restarts() {
+    let db = Postgres::start().await;
+    for _ in 0..3 {
+        let app = TestStoragesvc::spawn_ready(&db.url()).await;
+        let books = app.books().await;
+        for seed in [
+            "One book",
+            "Designing Data-Intensive Applications",
+            "Release It!",
+        ] {
+            let copies = books.iter().filter(|b| b["title"] == seed).count();
+            assert_eq!(copies, 1, "{seed}: {books:?}");
+        }
+        assert_eq!(books.len(), 3);
+        app.stop().await;
+    }
+}
