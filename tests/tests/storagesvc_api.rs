@@ -1,6 +1,8 @@
 //! storagesvc's API against a real PostgreSQL: CRUD, idempotent creates, bad input,
 //! credentials and metrics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use system_tests::containers::Postgres;
@@ -172,7 +174,8 @@ async fn bad_input_answers_4xx_problems_never_500() {
     let json_body = |body: &str| (Some("application/json"), body.to_owned());
 
     // (case, method, path, content type and body, expected status)
-    let cases: Vec<(&str, Method, &str, (Option<&str>, String), StatusCode)> = vec![
+    type Case<'a> = (&'a str, Method, &'a str, (Option<&'a str>, String), StatusCode);
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             Method::POST,

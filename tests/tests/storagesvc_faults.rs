@@ -1,6 +1,8 @@
 //! storagesvc when its database fails for real: stopped, paused, not there at start-up;
 //! restarts of the service; SIGTERM with a request in flight.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
