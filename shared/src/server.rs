@@ -121,3 +121,81 @@ pub async fn shutdown_signal() {
         () = terminate => tracing::info!("received SIGTERM"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use prometheus_client::registry::Registry;
+    use tower::ServiceExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Collects log output in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_log_line_of_a_request_carries_its_request_id() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(crate::telemetry::json_layer(move || writer.clone()));
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let routes = Router::new().route(
+            "/work",
+            get(|| async {
+                tracing::info!("handler step one");
+                tracing::warn!("handler step two");
+                "done"
+            }),
+        );
+        let app = with_common_layers(routes, HttpMetrics::register(&mut Registry::default()));
+        let response = app
+            .oneshot(Request::get("/work").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(!request_id.is_empty());
+
+        let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = output
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(
+            lines.len() >= 3,
+            "two handler lines and the access log line: {output}"
+        );
+        for line in &lines {
+            let request_span = &line["spans"][0];
+            assert_eq!(request_span["request_id"], request_id.as_str(), "{line}");
+            assert_eq!(request_span["route"], "/work", "{line}");
+        }
+        let access_log = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "finished processing request");
+        assert!(
+            access_log.is_some_and(|l| l["fields"]["status"] == 200),
+            "{output}"
+        );
+    }
+}

@@ -18,19 +18,24 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        // The span list carries the request span's fields (request id, route) into
-        // every JSON line, so a log collector can group one request's lines.
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .with_current_span(false)
-                    .with_span_list(true),
-            )
-            .try_init()?,
+        LogFormat::Json => registry.with(json_layer(std::io::stdout)).try_init()?,
         LogFormat::Pretty => registry.with(fmt::layer().pretty()).try_init()?,
     }
     Ok(())
+}
+
+/// The JSON log layer. The span list carries the request span's fields (request id,
+/// route) into every line, so a log collector can group one request's lines.
+pub fn json_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt::layer()
+        .json()
+        .with_current_span(false)
+        .with_span_list(true)
+        .with_writer(writer)
 }
 
 /// The span every request runs in (used by the server's `TraceLayer`).

@@ -174,7 +174,13 @@ async fn bad_input_answers_4xx_problems_never_500() {
     let json_body = |body: &str| (Some("application/json"), body.to_owned());
 
     // (case, method, path, content type and body, expected status)
-    type Case<'a> = (&'a str, Method, &'a str, (Option<&'a str>, String), StatusCode);
+    type Case<'a> = (
+        &'a str,
+        Method,
+        &'a str,
+        (Option<&'a str>, String),
+        StatusCode,
+    );
     let cases: Vec<Case> = vec![
         (
             "malformed JSON",
