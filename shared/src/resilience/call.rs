@@ -1,0 +1,422 @@
+//! One upstream call under every policy, in the order of DESIGN 4.1 (steps 3 to 6):
+//! deadline → retry (with budget) → circuit breaker → attempt timeout.
+//!
+//! The attempt itself (an HTTP request, usually) is a closure, so this file holds only the
+//! policy and can be tested with a scripted upstream and paused time.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::time::Instant;
+
+use super::breaker::{BreakerOpen, BreakerState, CircuitBreaker};
+use super::budget::RetryBudget;
+use super::outcome::AttemptOutcome;
+
+/// Exponential backoff with jitter for retries of transient failures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay before the first retry; each further one multiplies it by `factor`.
+    pub base: Duration,
+    pub factor: f32,
+    pub max_retries: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(50),
+            factor: 2.0,
+            max_retries: 2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// backon's schedule: `base × factor^n`, plus a random jitter of up to the same again,
+    /// so clients that failed together do not retry together.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.base)
+            .with_factor(self.factor)
+            .with_max_times(self.max_retries)
+            .with_jitter()
+    }
+}
+
+/// Time limits of one call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallLimits {
+    /// Everything, retries and waits included, ends within this.
+    pub deadline: Duration,
+    /// One attempt ends within this (or within what is left of the deadline, if less).
+    pub attempt_timeout: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(1500),
+            attempt_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What one attempt produced: its class, the upstream's `Retry-After` if any, and the
+/// value to hand back (a response, an error) if this turns out to be the last attempt.
+#[derive(Debug)]
+pub struct Attempted<T> {
+    pub outcome: AttemptOutcome,
+    pub retry_after: Option<Duration>,
+    pub value: T,
+}
+
+/// How a call failed.
+#[derive(Debug)]
+pub enum CallError<T> {
+    /// Refused by the open breaker; nothing was sent.
+    BreakerOpen(BreakerOpen),
+    /// The last attempt failed and no retry was allowed (retries used up, budget spent,
+    /// deadline too close, breaker opened). `last` is that attempt's value, or `None` when
+    /// it timed out.
+    Failed {
+        outcome: AttemptOutcome,
+        last: Option<T>,
+        attempts: usize,
+    },
+}
+
+/// The policies of one upstream, shared by every call to it.
+#[derive(Debug, Clone)]
+pub struct Resilience {
+    pub limits: CallLimits,
+    pub retry: RetryPolicy,
+    pub budget: Arc<RetryBudget>,
+    pub breaker: CircuitBreaker,
+}
+
+/// One failed attempt, as the retry loop sees it.
+struct Failure<T> {
+    outcome: AttemptOutcome,
+    last: Option<T>,
+    breaker_open: Option<BreakerOpen>,
+}
+
+impl Resilience {
+    /// Runs `attempt` under the deadline, retries, breaker and attempt timeout. The closure
+    /// receives the time this attempt may take, to pass upstream (so the callee can give
+    /// up on work nobody will wait for).
+    pub async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, CallError<T>>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = Attempted<T>>,
+    {
+        let deadline = Instant::now() + self.limits.deadline;
+        let attempts = std::cell::Cell::new(0usize);
+        self.budget.record_request();
+
+        let result = (|| {
+            attempts.set(attempts.get() + 1);
+            self.attempt_once(deadline, &attempt)
+        })
+        .retry(self.retry.backoff())
+        .sleep(tokio::time::sleep)
+        .when(|failure: &Failure<T>| {
+            failure.outcome.is_retryable() && failure.breaker_open.is_none()
+        })
+        .adjust(|failure: &Failure<T>, backoff: Option<Duration>| {
+            // The upstream's own delay (429 + Retry-After) replaces the backoff.
+            let delay = failure.outcome.requested_delay().or(backoff)?;
+            if self.breaker.state() == BreakerState::Open {
+                tracing::debug!("no retry: the circuit breaker is open");
+                return None;
+            }
+            let attempt_ends = Instant::now() + delay + self.limits.attempt_timeout;
+            if attempt_ends > deadline {
+                tracing::debug!(?delay, "no retry: it could not finish within the deadline");
+                return None;
+            }
+            if !self.budget.try_retry() {
+                tracing::debug!("no retry: the retry budget is spent");
+                return None;
+            }
+            tracing::debug!(?delay, outcome = failure.outcome.class(), "retrying");
+            Some(delay)
+        })
+        .await;
+
+        let attempts = attempts.get();
+        result.map_err(|failure| match failure.breaker_open {
+            Some(open) if attempts == 1 => CallError::BreakerOpen(open),
+            _ => CallError::Failed {
+                outcome: failure.outcome,
+                last: failure.last,
+                attempts,
+            },
+        })
+    }
+
+    async fn attempt_once<T, F, Fut>(&self, deadline: Instant, attempt: &F) -> Result<T, Failure<T>>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = Attempted<T>>,
+    {
+        let permit = self.breaker.try_acquire().map_err(|open| Failure {
+            outcome: AttemptOutcome::Unreachable,
+            last: None,
+            breaker_open: Some(open),
+        })?;
+        let budget = self
+            .limits
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(budget, attempt(budget)).await {
+            Ok(attempted) => {
+                permit.record(attempted.outcome.breaker_verdict(), attempted.retry_after);
+                match attempted.outcome.breaker_verdict() {
+                    super::BreakerVerdict::Failure => Err(Failure {
+                        outcome: attempted.outcome,
+                        last: Some(attempted.value),
+                        breaker_open: None,
+                    }),
+                    _ => Ok(attempted.value),
+                }
+            }
+            Err(_) => {
+                let outcome = AttemptOutcome::TimedOut;
+                permit.record(outcome.breaker_verdict(), None);
+                Err(Failure {
+                    outcome,
+                    last: None,
+                    breaker_open: None,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::resilience::{BreakerConfig, RetryBudgetConfig};
+    use AttemptOutcome::*;
+
+    /// A scripted upstream: each attempt takes the next (latency, outcome) and records when
+    /// it started.
+    struct Upstream {
+        script: Mutex<VecDeque<(Duration, AttemptOutcome)>>,
+        started: Mutex<Vec<Duration>>,
+        origin: Instant,
+    }
+
+    impl Upstream {
+        fn new(script: &[(u64, AttemptOutcome)]) -> Arc<Self> {
+            Arc::new(Self {
+                script: Mutex::new(
+                    script
+                        .iter()
+                        .map(|(ms, o)| (Duration::from_millis(*ms), *o))
+                        .collect(),
+                ),
+                started: Mutex::new(Vec::new()),
+                origin: Instant::now(),
+            })
+        }
+
+        async fn attempt(self: Arc<Self>, _budget: Duration) -> Attempted<&'static str> {
+            self.started.lock().unwrap().push(self.origin.elapsed());
+            let (latency, outcome) = self
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or((Duration::ZERO, Success));
+            tokio::time::sleep(latency).await;
+            Attempted {
+                outcome,
+                retry_after: outcome.requested_delay(),
+                value: outcome.class(),
+            }
+        }
+
+        fn starts(&self) -> Vec<Duration> {
+            self.started.lock().unwrap().clone()
+        }
+    }
+
+    fn resilience() -> Resilience {
+        Resilience {
+            limits: CallLimits::default(),
+            retry: RetryPolicy::default(),
+            budget: Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+            breaker: CircuitBreaker::new(BreakerConfig::default()),
+        }
+    }
+
+    async fn run(
+        resilience: &Resilience,
+        upstream: &Arc<Upstream>,
+    ) -> Result<&'static str, CallError<&'static str>> {
+        resilience
+            .call(|budget| Arc::clone(upstream).attempt(budget))
+            .await
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_with_jittered_exponential_backoff() {
+        let upstream = Upstream::new(&[(0, ServerError), (0, Unreachable), (0, Success)]);
+        assert_eq!(run(&resilience(), &upstream).await.unwrap(), "success");
+        let starts = upstream.starts();
+        assert_eq!(starts.len(), 3);
+        let first_wait = starts[1] - starts[0];
+        let second_wait = starts[2] - starts[1];
+        assert!(
+            first_wait >= ms(50) && first_wait <= ms(100),
+            "first retry after {first_wait:?}"
+        );
+        assert!(
+            second_wait >= ms(100) && second_wait <= ms(200),
+            "second retry after {second_wait:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_two_retries() {
+        let upstream = Upstream::new(&[(0, ServerError); 5]);
+        match run(&resilience(), &upstream).await {
+            Err(CallError::Failed {
+                outcome: ServerError,
+                last: Some("server_error"),
+                attempts: 3,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(upstream.starts().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_are_returned_not_retried() {
+        let upstream = Upstream::new(&[(0, Rejected)]);
+        assert_eq!(run(&resilience(), &upstream).await.unwrap(), "client_error");
+        assert_eq!(upstream.starts().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_time_out_and_no_retry_starts_that_cannot_finish_by_the_deadline() {
+        // Each attempt hangs. 0 ms: first attempt, cut at 500 ms. Retry after 50-100 ms,
+        // cut 500 ms later (~1.1 s). A second retry would end after 1.5 s: not started.
+        let upstream = Upstream::new(&[(10_000, Success); 3]);
+        let started = Instant::now();
+        match run(&resilience(), &upstream).await {
+            Err(CallError::Failed {
+                outcome: TimedOut,
+                last: None,
+                attempts: 2,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            started.elapsed() <= ms(1500),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(upstream.starts().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_retry_waits_for_retry_after_when_it_fits() {
+        let upstream = Upstream::new(&[
+            (
+                0,
+                Throttled {
+                    retry_after: Some(ms(700)),
+                },
+            ),
+            (0, Success),
+        ]);
+        assert_eq!(run(&resilience(), &upstream).await.unwrap(), "success");
+        assert_eq!(upstream.starts()[1] - upstream.starts()[0], ms(700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_retry_is_skipped_when_retry_after_exceeds_the_deadline() {
+        let upstream = Upstream::new(&[(
+            0,
+            Throttled {
+                retry_after: Some(Duration::from_secs(5)),
+            },
+        )]);
+        let started = Instant::now();
+        assert!(matches!(
+            run(&resilience(), &upstream).await,
+            Err(CallError::Failed { attempts: 1, .. })
+        ));
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "gave up at once instead of waiting"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_budget_limits_retries_across_calls() {
+        let resilience = Resilience {
+            breaker: CircuitBreaker::new(BreakerConfig {
+                consecutive_failures: 1000,
+                min_calls: 1000,
+                ..Default::default()
+            }),
+            ..resilience()
+        };
+        let upstream = Upstream::new(&[(0, ServerError); 1000]);
+        for _ in 0..50 {
+            let _ = run(&resilience, &upstream).await;
+        }
+        // 50 requests: the floor of 3 plus 20% of 50 = 13 retries in the window.
+        assert_eq!(upstream.starts().len(), 50 + 13);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_refuses_without_calling_and_is_never_retried() {
+        let resilience = resilience();
+        let upstream = Upstream::new(&[(0, ServerError); 100]);
+        while resilience.breaker.state() == BreakerState::Closed {
+            let _ = run(&resilience, &upstream).await;
+        }
+        let calls_so_far = upstream.starts().len();
+        assert_eq!(
+            calls_so_far, 5,
+            "opened by the fifth failure, and no retry after it"
+        );
+        match run(&resilience, &upstream).await {
+            Err(CallError::BreakerOpen(open)) => assert!(open.retry_in > Duration::ZERO),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            upstream.starts().len(),
+            calls_so_far,
+            "nothing sent while open"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_call_is_not_recorded() {
+        let resilience = resilience();
+        for _ in 0..20 {
+            let upstream = Upstream::new(&[(10_000, Success)]);
+            let call = run(&resilience, &upstream);
+            // The caller gives up after 10 ms: the attempt is dropped mid-flight.
+            assert!(tokio::time::timeout(ms(10), call).await.is_err());
+        }
+        assert_eq!(resilience.breaker.state(), BreakerState::Closed);
+    }
+}
