@@ -1,4 +1,8 @@
 //! booksvc: the public API in front of storagesvc.
 //!
-//! The resilient read path and the last-good store are built in the next step of the
-//! project; this crate exists now so the workspace has its final shape.
+//! Built so far: the last-good store (`last_good`) and the `Cache-Status` header
+//! (`cache_status`). The read path that composes them with the resilient client, and the
+//! service around it, come next.
+
+pub mod cache_status;
+pub mod last_good;

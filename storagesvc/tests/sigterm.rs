@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use system_tests::containers::{Postgres, free_port};
+use system_tests::containers::{Faults, Postgres, free_port};
 use system_tests::poll::eventually;
 use system_tests::storagesvc::TOKEN;
 

@@ -64,6 +64,34 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The faults a test injects into a dependency, the same for every container.
+#[allow(async_fn_in_trait)]
+pub trait Faults {
+    fn container(&self) -> &ContainerAsync<GenericImage>;
+
+    /// `docker stop`: the process shuts down, connections close, new ones are refused.
+    async fn stop(&self) {
+        self.container()
+            .stop_with_timeout(Some(10))
+            .await
+            .expect("docker stop");
+    }
+
+    /// `docker start` after a stop: same host port, same data.
+    async fn start_again(&self) {
+        self.container().start().await.expect("docker start");
+    }
+
+    /// `docker pause`: the process is frozen; connections neither fail nor answer (a hang).
+    async fn pause(&self) {
+        self.container().pause().await.expect("docker pause");
+    }
+
+    async fn unpause(&self) {
+        self.container().unpause().await.expect("docker unpause");
+    }
+}
+
 /// A PostgreSQL container on a fixed host port.
 pub struct Postgres {
     container: ContainerAsync<GenericImage>,
@@ -103,30 +131,47 @@ impl Postgres {
     pub fn url(&self) -> String {
         url_for_port(self.host_port)
     }
+}
 
-    /// `docker stop`: PostgreSQL shuts down, connections are closed, new ones refused.
-    pub async fn stop(&self) {
-        self.container
-            .stop_with_timeout(Some(10))
-            .await
-            .expect("stop PostgreSQL");
+impl Faults for Postgres {
+    fn container(&self) -> &ContainerAsync<GenericImage> {
+        &self.container
     }
+}
 
-    /// `docker start` after a stop; same host port, same data.
-    pub async fn start_again(&self) {
-        self.container
+/// A Redis container on a fixed host port.
+pub struct Redis {
+    container: ContainerAsync<GenericImage>,
+    host_port: u16,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        require_docker().await;
+        let host_port = free_port();
+        let (name, tag) = image_from_env("REDIS_IMAGE", "redis:7");
+        let container = GenericImage::new(name, tag)
+            .with_exposed_port(6379.tcp())
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+            .with_mapped_port(host_port, 6379.tcp())
+            .with_startup_timeout(Duration::from_secs(60))
             .start()
             .await
-            .expect("start PostgreSQL again");
+            .expect("start the Redis container");
+        Self {
+            container,
+            host_port,
+        }
     }
 
-    /// `docker pause`: the process is frozen. Connections neither fail nor answer: a hang.
-    pub async fn pause(&self) {
-        self.container.pause().await.expect("pause PostgreSQL");
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.host_port)
     }
+}
 
-    pub async fn unpause(&self) {
-        self.container.unpause().await.expect("unpause PostgreSQL");
+impl Faults for Redis {
+    fn container(&self) -> &ContainerAsync<GenericImage> {
+        &self.container
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use system_tests::containers::{Postgres, free_port, url_for_port};
+use system_tests::containers::{Faults, Postgres, free_port, url_for_port};
 use system_tests::poll::eventually;
 use system_tests::storagesvc::{TestStoragesvc, assert_problem};
 

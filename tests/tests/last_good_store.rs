@@ -1,0 +1,136 @@
+//! booksvc's last-good store against a real Redis: answers survive in Redis, and a Redis
+//! that is stopped or hangs never blocks a read or a write beyond its bound.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use booksvc::last_good::{CacheKey, LastGoodConfig, LastGoodStore, Source, StoredResponse};
+use prometheus_client::registry::Registry;
+use system_tests::containers::{Faults, Redis, free_port};
+use system_tests::poll::eventually;
+
+const READ_TIMEOUT: Duration = Duration::from_millis(100);
+/// Scheduling slack on a busy two-core machine, on top of the promised bound.
+const SLACK: Duration = Duration::from_millis(50);
+
+fn store(redis_url: String) -> LastGoodStore {
+    let config = LastGoodConfig {
+        redis_url,
+        key_prefix: "booksvc:v1:".into(),
+        ttl: Duration::from_secs(24 * 3600),
+        read_timeout: READ_TIMEOUT,
+        write_timeout: Duration::from_secs(1),
+        max_inflight_writes: 64,
+        memory_bytes: 1 << 20,
+    };
+    LastGoodStore::new(config, &mut Registry::default()).unwrap()
+}
+
+fn books_answer() -> StoredResponse {
+    StoredResponse {
+        body: Bytes::from_static(br#"[{"id":1,"title":"One book","author":"John Doe","desc":""}]"#),
+        content_type: "application/json".into(),
+        fetched_at: SystemTime::now(),
+    }
+}
+
+fn key() -> CacheKey {
+    CacheKey::new("GET", "/books", None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_answer_comes_back_from_redis_byte_for_byte() {
+    let redis = Redis::start().await;
+    let store = store(redis.url());
+    let answer = books_answer();
+    store.remember(key(), answer.clone()).await;
+
+    let (from_memory, source) = store.recall(&key()).await.unwrap();
+    assert_eq!((from_memory.as_ref(), source), (&answer, Source::Memory));
+
+    // The Redis write happens in the background: poll until a memory-less read finds it.
+    let from_redis = eventually(Duration::from_secs(5), "the answer in Redis", || async {
+        store.clear_memory();
+        store
+            .recall(&key())
+            .await
+            .filter(|(_, source)| *source == Source::Redis)
+    })
+    .await
+    .0;
+    assert_eq!(from_redis.body, answer.body);
+    assert_eq!(from_redis.content_type, answer.content_type);
+    let stored_ms = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    assert_eq!(
+        stored_ms(from_redis.fetched_at),
+        stored_ms(answer.fetched_at)
+    );
+}
+
+async fn assert_redis_fault_is_bounded(store: &LastGoodStore) {
+    // A write returns at once: Redis is written in the background.
+    let started = Instant::now();
+    store
+        .remember(CacheKey::new("GET", "/books/2", None), books_answer())
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(20),
+        "remember took {:?}",
+        started.elapsed()
+    );
+
+    // The memory copy is still served.
+    let (_, source) = store
+        .recall(&CacheKey::new("GET", "/books/2", None))
+        .await
+        .unwrap();
+    assert_eq!(source, Source::Memory);
+
+    // A read that must go to Redis misses within the read timeout.
+    for _ in 0..3 {
+        store.clear_memory();
+        let started = Instant::now();
+        assert!(store.recall(&key()).await.is_none());
+        let elapsed = started.elapsed();
+        assert!(elapsed <= READ_TIMEOUT + SLACK, "recall took {elapsed:?}");
+    }
+    assert!(store.redis_reachable().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_redis_never_blocks_longer_than_the_read_timeout() {
+    let redis = Redis::start().await;
+    let store = store(redis.url());
+    store.remember(key(), books_answer()).await;
+    redis.stop().await;
+    assert_redis_fault_is_bounded(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_never_blocks_longer_than_the_read_timeout() {
+    let redis = Redis::start().await;
+    let store = store(redis.url());
+    store.remember(key(), books_answer()).await;
+    assert!(store.redis_reachable().await.is_ok());
+    redis.pause().await;
+    assert_redis_fault_is_bounded(&store).await;
+    redis.unpause().await;
+    eventually(
+        Duration::from_secs(5),
+        "Redis answers again after unpause",
+        || async { store.redis_reachable().await.ok() },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_starts_without_redis() {
+    let store = store(format!("redis://127.0.0.1:{}", free_port()));
+    assert_redis_fault_is_bounded(&store).await;
+}
