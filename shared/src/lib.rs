@@ -6,6 +6,7 @@
 //! ([`health`]), Prometheus metrics ([`metrics`]) and a server that drains on SIGTERM
 //! ([`server`]).
 
+pub mod client;
 pub mod config;
 pub mod extract;
 pub mod health;
@@ -14,5 +15,6 @@ pub mod problem;
 pub mod resilience;
 pub mod server;
 pub mod telemetry;
+pub mod trace_context;
 
 pub use problem::Problem;

@@ -23,8 +23,9 @@ use crate::telemetry::request_span;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Wraps a service's complete router (its routes, health, metrics) in the layers every
-/// service has, outermost first: request id, request span and access log, panic guard,
-/// metrics, body limit. Unknown routes and methods answer problem documents.
+/// service has, outermost first: request id, trace context (which the request span and
+/// outgoing calls read), request span and access log, panic guard, metrics, body limit.
+/// Unknown routes and methods answer problem documents.
 pub fn with_common_layers(router: Router, http_metrics: HttpMetrics) -> Router {
     router
         .fallback(|| async { Problem::not_found("no such route") })
@@ -38,6 +39,7 @@ pub fn with_common_layers(router: Router, http_metrics: HttpMetrics) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(axum::middleware::from_fn(crate::trace_context::propagate))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
@@ -134,6 +136,8 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
+    use crate::trace_context::{self, TraceContext};
+    use http_body_util::BodyExt;
 
     /// Collects log output in memory.
     #[derive(Clone, Default)]
@@ -197,5 +201,85 @@ mod tests {
             access_log.is_some_and(|l| l["fields"]["status"] == 200),
             "{output}"
         );
+    }
+
+    /// A route that logs, and answers with the trace id it sees in its request's
+    /// extensions and as the current trace context, separated by a space.
+    fn trace_echo_app() -> Router {
+        let routes = Router::new().route(
+            "/work",
+            get(
+                |axum::Extension(context): axum::Extension<TraceContext>| async move {
+                    tracing::info!("handler step");
+                    let current = trace_context::current().map(|c| c.trace_id().to_string());
+                    format!("{} {}", context.trace_id(), current.unwrap_or_default())
+                },
+            ),
+        );
+        with_common_layers(routes, HttpMetrics::register(&mut Registry::default()))
+    }
+
+    /// Sends `request` through `trace_echo_app` and returns the trace ids the handler saw and
+    /// the `trace_id` of every log line written meanwhile.
+    async fn trace_ids_seen(request: Request<Body>) -> (String, Vec<String>) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(crate::telemetry::json_layer(move || writer.clone()));
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let response = trace_echo_app().oneshot(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let logged = output
+            .lines()
+            .map(|line| {
+                let line: serde_json::Value = serde_json::from_str(line).unwrap();
+                // A line logged before the request span exists names the trace id itself.
+                let in_span = line["spans"][0]["trace_id"].as_str();
+                let trace_id = in_span.or(line["fields"]["trace_id"].as_str());
+                trace_id.unwrap_or("").to_owned()
+            })
+            .collect();
+        (String::from_utf8(body.to_vec()).unwrap(), logged)
+    }
+
+    #[tokio::test]
+    async fn every_log_line_of_a_request_carries_its_incoming_trace_id() {
+        let request = Request::get("/work")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(Body::empty())
+            .unwrap();
+        let (seen, logged) = trace_ids_seen(request).await;
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(seen, format!("{trace_id} {trace_id}"));
+        assert!(
+            logged.len() >= 2,
+            "the handler line and the access log line"
+        );
+        assert!(logged.iter().all(|id| id == trace_id), "{logged:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_valid_traceparent_starts_a_new_trace() {
+        for traceparent in [
+            None,
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        ] {
+            let mut request = Request::get("/work");
+            if let Some(value) = traceparent {
+                request = request.header("traceparent", value);
+            }
+            let (seen, logged) = trace_ids_seen(request.body(Body::empty()).unwrap()).await;
+            let (in_extensions, current) = seen.split_once(' ').unwrap();
+            assert_eq!(in_extensions, current);
+            assert_eq!(in_extensions.len(), 32);
+            assert_ne!(in_extensions, "0".repeat(32));
+            assert!(logged.len() >= 2);
+            assert!(logged.iter().all(|id| id == in_extensions), "{logged:?}");
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! Logging: one subscriber set-up for both services, and the per-request span that puts the
-//! request id on every line logged while handling a request.
+//! request id and the trace id on every line logged while handling a request.
 
 use axum::extract::MatchedPath;
 use axum::http::Request;
@@ -9,6 +9,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::LogFormat;
+use crate::trace_context::TraceContext;
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`).
 ///
@@ -49,6 +50,12 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
         .extensions()
         .get::<MatchedPath>()
         .map_or("", MatchedPath::as_str);
+    // Set by `trace_context::propagate`, which runs before this span is made.
+    let trace_id = request
+        .extensions()
+        .get::<TraceContext>()
+        .map(|context| context.trace_id().to_string())
+        .unwrap_or_default();
     tracing::span!(
         Level::INFO,
         "request",
@@ -56,5 +63,6 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
         path = %request.uri().path(),
         route,
         request_id,
+        trace_id,
     )
 }

@@ -1,0 +1,114 @@
+//! Everything a [`ServiceClient`](super::ServiceClient) is built from, read once at start-up.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Url;
+
+use super::auth::AuthConfig;
+use super::discovery::ServiceVars;
+use super::error::ConfigError;
+
+/// Bound on opening a TCP connection. A connect inside one network takes milliseconds; a
+/// host that swallows SYNs must not hold a call until some outer timeout notices.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an idle pooled connection is kept. Shorter than the usual server keep-alive
+/// (60 s and more), so the client drops a connection before the server closes it under a
+/// request on its way.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per host: enough for a burst of concurrent calls to reuse them.
+pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
+
+/// How to reach one service and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct ServiceClientConfig {
+    /// The name it was discovered by (`storagesvc`), used in messages and logs.
+    pub service: String,
+    /// Scheme, host, port and an optional path prefix, without a trailing slash.
+    pub base_url: Url,
+    pub auth: AuthConfig,
+    /// Sent on every call unless the call sets the same header itself.
+    pub default_headers: HeaderMap,
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl ServiceClientConfig {
+    /// A client for `service` at `base_url`, without auth, with default connection settings.
+    pub fn new(service: impl Into<String>, base_url: Url) -> Self {
+        Self {
+            service: service.into(),
+            base_url,
+            auth: AuthConfig::None,
+            default_headers: HeaderMap::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
+        }
+    }
+
+    /// Discovers `service` from the process environment (`{NAME}_URL`, `{NAME}_API_KEY`, ...).
+    pub fn from_env(service: &str) -> Result<Self, ConfigError> {
+        // A value that is not UTF-8 is passed on lossily, so it fails validation with a
+        // message naming the variable instead of being reported as unset.
+        Self::from_lookup(service, |name| {
+            std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+        })
+    }
+
+    /// Discovers `service` from `lookup`, which maps a variable name to its value.
+    pub fn from_lookup(
+        service: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let vars = ServiceVars::new(service, lookup)?;
+        let base_url = vars.base_url()?;
+        let auth = AuthConfig::from_vars(&vars)?;
+        Ok(Self::new(service, base_url).with_auth(auth))
+    }
+
+    pub fn with_auth(mut self, auth: AuthConfig) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Adds a header sent on every call (unless the call sets it).
+    pub fn with_default_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.default_headers.insert(name, value);
+        self
+    }
+
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovers_url_and_auth_from_lookup() {
+        let config = ServiceClientConfig::from_lookup("storagesvc", |name| match name {
+            "STORAGESVC_URL" => Some("http://storagesvc:8082/".to_owned()),
+            "STORAGESVC_API_KEY" => Some("k1".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.service, "storagesvc");
+        assert_eq!(config.base_url.as_str(), "http://storagesvc:8082/");
+        assert!(matches!(config.auth, AuthConfig::ApiKey(_)));
+        assert_eq!(config.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn reports_the_missing_url_before_anything_else() {
+        let err = ServiceClientConfig::from_lookup("storagesvc", |_| None).unwrap_err();
+        assert!(
+            err.to_string().starts_with("STORAGESVC_URL is not set"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! The two ways a service client fails: at start-up (configuration) and per call.
+//!
+//! Configuration errors name the environment variable to fix, and the service prints them
+//! and exits. Call errors say which service, which request and what went wrong; the
+//! resilience layer classifies them (a [`ClientError::Transport`] keeps the `reqwest::Error`
+//! so it can ask `is_connect()` or `is_timeout()`). No message contains a credential.
+
+use std::error::Error as _;
+use std::fmt;
+
+use axum::http::StatusCode;
+
+/// A service client could not be configured. Every message names the variable(s) to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "invalid service name `{name}`: use letters, digits, `-` and `_` (it becomes the prefix of variables such as {{NAME}}_URL)"
+    )]
+    InvalidServiceName { name: String },
+
+    #[error(
+        "{variable} is not set: set it to the base URL of {service}, e.g. http://{service}:<port>"
+    )]
+    MissingUrl { variable: String, service: String },
+
+    #[error("{variable} is invalid: {reason}")]
+    InvalidValue { variable: String, reason: String },
+
+    #[error(
+        "conflicting credentials for {service}: {} are set; set exactly one way to authenticate (API key, bearer token, basic user and password, or OAuth2 client credentials)",
+        variables.join(", ")
+    )]
+    ConflictingAuth {
+        service: String,
+        variables: Vec<String>,
+    },
+
+    #[error(
+        "incomplete {mode} credentials for {service}: {} set but {} not set",
+        set.join(", "),
+        missing.join(", ")
+    )]
+    IncompleteAuth {
+        service: String,
+        mode: &'static str,
+        set: Vec<String>,
+        missing: Vec<String>,
+    },
+
+    #[error("invalid default header `{name}` for {service}: {reason}")]
+    InvalidHeader {
+        service: String,
+        name: String,
+        reason: String,
+    },
+
+    #[error("cannot build the HTTP client for {service}: {}", chain(error))]
+    HttpClient {
+        service: String,
+        error: reqwest::Error,
+    },
+}
+
+/// One call to a service could not be made or did not get an HTTP response.
+///
+/// An HTTP response, whatever its status, is not an error here: whether a 503 is a failure
+/// is the resilience layer's decision (section 4.2 of the design).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid path `{path}` for {service}: {reason}")]
+    InvalidPath {
+        service: String,
+        path: String,
+        reason: &'static str,
+    },
+
+    #[error("cannot authenticate to {service}: {error}")]
+    Token { service: String, error: TokenError },
+
+    #[error("{method} {url} failed: {}", chain(error))]
+    Transport {
+        method: reqwest::Method,
+        url: String,
+        error: reqwest::Error,
+    },
+}
+
+impl ClientError {
+    /// The transport error, for classifying it (connect error, timeout, reset).
+    pub fn transport(&self) -> Option<&reqwest::Error> {
+        match self {
+            Self::Transport { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Getting an OAuth2 access token failed. Never cached: the next call asks again.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "the OAuth2 token endpoint {token_url} refused the client credentials with {status}{}; check the client id, secret and scopes",
+        oauth_detail(error.as_deref(), description.as_deref())
+    )]
+    Rejected {
+        token_url: String,
+        status: StatusCode,
+        /// The `error` code of the response body (RFC 6749 §5.2), when there was one.
+        error: Option<String>,
+        /// Its `error_description`.
+        description: Option<String>,
+    },
+
+    #[error(
+        "the OAuth2 token endpoint {token_url} could not be reached: {}",
+        chain(error)
+    )]
+    Unreachable {
+        token_url: String,
+        error: reqwest::Error,
+    },
+
+    #[error(
+        "the OAuth2 token endpoint {token_url} answered {status} with an unusable token: {reason}"
+    )]
+    InvalidResponse {
+        token_url: String,
+        status: StatusCode,
+        reason: String,
+    },
+}
+
+fn oauth_detail(error: Option<&str>, description: Option<&str>) -> String {
+    match (error, description) {
+        (Some(error), Some(description)) => format!(" ({error}: {description})"),
+        (Some(error), None) => format!(" ({error})"),
+        (None, Some(description)) => format!(" ({description})"),
+        (None, None) => String::new(),
+    }
+}
+
+/// `reqwest::Error` says "error sending request" and keeps the useful part ("connection
+/// refused") in its sources; this writes the whole chain into one line.
+pub(crate) fn chain(error: &reqwest::Error) -> impl fmt::Display + '_ {
+    struct Chain<'a>(&'a reqwest::Error);
+    impl fmt::Display for Chain<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}", self.0)?;
+            let mut source = self.0.source();
+            while let Some(cause) = source {
+                write!(f, ": {cause}")?;
+                source = cause.source();
+            }
+            Ok(())
+        }
+    }
+    Chain(error)
+}

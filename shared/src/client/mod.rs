@@ -1,0 +1,300 @@
+//! The service client: one service, found by name, called with credentials, default
+//! headers and the current trace.
+//!
+//! A [`ServiceClient`] turns `(method, path and query, headers, body)` into one HTTP
+//! attempt: it resolves the path against the discovered base URL, adds the credentials
+//! (fetching an OAuth2 token if needed), the caller's `User-Agent` and default headers, and
+//! the `traceparent` and `x-request-id` of the request being handled. It does *not* time
+//! out, retry or break circuits: the resilience layer wraps each [`ServiceClient::execute`]
+//! in those, and because credentials are applied per attempt, a retry after a token refresh
+//! sends the new token.
+//!
+//! The underlying `reqwest` client only bounds connecting ([`DEFAULT_CONNECT_TIMEOUT`]),
+//! keeps a bounded pool of idle connections, follows no redirects (a service's answer is
+//! passed on as it is) and makes no retries of its own, so every attempt the resilience
+//! layer counts is exactly one request on the wire.
+//!
+//! The pieces: [`discovery`] (variables and base URL), [`auth`] and [`oauth`] (credentials),
+//! [`config`] (what a client is built from), [`error`] (what can go wrong).
+
+pub mod auth;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod oauth;
+pub mod secret;
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
+
+pub use auth::{AuthConfig, X_API_KEY};
+pub use config::{DEFAULT_CONNECT_TIMEOUT, ServiceClientConfig};
+pub use error::{ClientError, ConfigError, TokenError};
+pub use oauth::{ClientAuth, OAuthConfig};
+pub use secret::Secret;
+
+use crate::trace_context::{self, TRACEPARENT, TRACESTATE, TraceParent, X_REQUEST_ID};
+use auth::Authenticator;
+use oauth::AccessToken;
+
+/// A client for one service. Cheap to clone: clones share connections and the token cache.
+#[derive(Clone)]
+pub struct ServiceClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: String,
+    base_url: Url,
+    http: reqwest::Client,
+    auth: Authenticator,
+}
+
+impl ServiceClient {
+    /// Builds the client. `caller` and `caller_version` make the `User-Agent`
+    /// (`booksvc/0.1.0`), so the called service's logs say who called.
+    pub fn new(
+        config: ServiceClientConfig,
+        caller: &str,
+        caller_version: &str,
+    ) -> Result<Self, ConfigError> {
+        let service = config.service;
+        let user_agent =
+            HeaderValue::from_str(&format!("{caller}/{caller_version}")).map_err(|err| {
+                ConfigError::InvalidHeader {
+                    service: service.clone(),
+                    name: header::USER_AGENT.to_string(),
+                    reason: err.to_string(),
+                }
+            })?;
+        let build = |default_headers: HeaderMap| {
+            reqwest::Client::builder()
+                .user_agent(user_agent.clone())
+                .default_headers(default_headers)
+                .connect_timeout(config.connect_timeout)
+                .pool_idle_timeout(config.pool_idle_timeout)
+                .pool_max_idle_per_host(config.pool_max_idle_per_host)
+                .redirect(reqwest::redirect::Policy::none())
+                .retry(reqwest::retry::never())
+                .build()
+                .map_err(|error| ConfigError::HttpClient {
+                    service: service.clone(),
+                    error,
+                })
+        };
+        let http = build(config.default_headers)?;
+        // The token endpoint is another server: it gets the user agent, not the headers
+        // meant for the service.
+        let auth = Authenticator::new(&service, config.auth, build(HeaderMap::new())?)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                service,
+                base_url: config.base_url,
+                http,
+                auth,
+            }),
+        })
+    }
+
+    /// The name the service was discovered by.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base_url
+    }
+
+    /// The full URL of `path_and_query` (`/books?limit=10`), which must start with `/`.
+    /// A base URL with a path prefix keeps it: `http://gw/storage` + `/books`.
+    pub fn url(&self, path_and_query: &str) -> Result<Url, ClientError> {
+        let invalid = |reason| ClientError::InvalidPath {
+            service: self.inner.service.clone(),
+            path: path_and_query.to_owned(),
+            reason,
+        };
+        if !path_and_query.starts_with('/') {
+            return Err(invalid("it must start with `/`"));
+        }
+        if path_and_query.contains('#') {
+            return Err(invalid("a fragment is never sent to a server"));
+        }
+        let base = self.inner.base_url.as_str().trim_end_matches('/');
+        let url = Url::parse(&format!("{base}{path_and_query}"))
+            .map_err(|_| invalid("it does not form a valid URL with the base URL"))?;
+        // `/..` segments are resolved by parsing; they must not climb out of the prefix.
+        let prefix = self.inner.base_url.path().trim_end_matches('/');
+        let below_prefix = url
+            .path()
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if !below_prefix {
+            return Err(invalid("it leaves the base URL's path"));
+        }
+        Ok(url)
+    }
+
+    /// A request for `path_and_query` with credentials, default and trace headers applied,
+    /// for callers that want `reqwest`'s builder. Build a new one for every attempt.
+    pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+    ) -> Result<RequestBuilder, ClientError> {
+        let (request, _) = self
+            .prepare(method, path_and_query, HeaderMap::new())
+            .await?;
+        Ok(request)
+    }
+
+    /// One attempt: sends the request and returns the response, whatever its status.
+    ///
+    /// `headers` are the call's own (an `Idempotency-Key`, a deadline); they override the
+    /// default headers. Credentials, `traceparent` and `tracestate` belong to the client and
+    /// replace any the caller passed; `x-request-id` is the current request's unless the
+    /// caller set one. A `401` answer to an OAuth2 token discards that token, so the next
+    /// attempt or call fetches a new one.
+    pub async fn execute(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<Response, ClientError> {
+        let (mut request, token) = self
+            .prepare(method.clone(), path_and_query, headers)
+            .await?;
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| ClientError::Transport {
+                method,
+                url: self
+                    .url(path_and_query)
+                    .map_or_else(|_| path_and_query.to_owned(), |url| url.to_string()),
+                error,
+            })?;
+        if response.status() == StatusCode::UNAUTHORIZED
+            && let Some(token) = token
+        {
+            tracing::warn!(
+                service = %self.inner.service,
+                "the service refused our OAuth2 token; fetching a new one for the next call"
+            );
+            self.inner.auth.reject(&token);
+        }
+        Ok(response)
+    }
+
+    async fn prepare(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+    ) -> Result<(RequestBuilder, Option<AccessToken>), ClientError> {
+        let url = self.url(path_and_query)?;
+        for owned in [header::AUTHORIZATION, X_API_KEY, TRACEPARENT, TRACESTATE] {
+            headers.remove(owned);
+        }
+        let context = trace_context::current();
+        let traceparent = context
+            .as_ref()
+            .map_or_else(TraceParent::new_root, |context| {
+                context.outgoing_traceparent()
+            });
+        headers.insert(TRACEPARENT, traceparent.to_header_value());
+        if let Some(context) = &context {
+            if let Some(tracestate) = context.tracestate() {
+                headers.insert(TRACESTATE, tracestate.clone());
+            }
+            if let Some(request_id) = context.request_id() {
+                headers
+                    .entry(X_REQUEST_ID)
+                    .or_insert_with(|| request_id.clone());
+            }
+        }
+        let request = self.inner.http.request(method, url).headers(headers);
+        self.inner
+            .auth
+            .authorize(request)
+            .await
+            .map_err(|error| ClientError::Token {
+                service: self.inner.service.clone(),
+                error,
+            })
+    }
+}
+
+impl fmt::Debug for ServiceClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceClient")
+            .field("service", &self.inner.service)
+            .field("base_url", &self.inner.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base_url: &str) -> ServiceClient {
+        let config = ServiceClientConfig::new("storagesvc", Url::parse(base_url).unwrap());
+        ServiceClient::new(config, "booksvc", "1.2.3").unwrap()
+    }
+
+    #[test]
+    fn joins_paths_and_queries_onto_the_base_url() {
+        let plain = client("http://storagesvc:8082");
+        assert_eq!(
+            plain.url("/books?limit=1&offset=2").unwrap().as_str(),
+            "http://storagesvc:8082/books?limit=1&offset=2"
+        );
+        let prefixed = client("http://gateway/storage");
+        assert_eq!(
+            prefixed.url("/books/1").unwrap().as_str(),
+            "http://gateway/storage/books/1"
+        );
+    }
+
+    #[test]
+    fn refuses_paths_that_are_not_below_the_base_url() {
+        let prefixed = client("http://gateway/storage");
+        for (path, reason) in [
+            ("books", "must start with `/`"),
+            ("", "must start with `/`"),
+            ("/books#top", "fragment"),
+            ("/../admin", "leaves the base URL's path"),
+            ("/../storagex/books", "leaves the base URL's path"),
+        ] {
+            let err = prefixed.url(path).unwrap_err();
+            assert!(matches!(err, ClientError::InvalidPath { .. }), "{err:?}");
+            assert!(err.to_string().contains(reason), "{path}: {err}");
+            assert!(err.to_string().contains("storagesvc"), "{err}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_user_agent_that_is_not_a_header_value() {
+        let config = ServiceClientConfig::new("storagesvc", Url::parse("http://s").unwrap());
+        let err = ServiceClient::new(config, "books\nvc", "1").unwrap_err();
+        assert!(err.to_string().contains("user-agent"), "{err}");
+    }
+
+    #[test]
+    fn debug_shows_the_service_not_its_credentials() {
+        let config = ServiceClientConfig::new("storagesvc", Url::parse("http://s:1").unwrap())
+            .with_auth(AuthConfig::ApiKey(Secret::new("key-value-1")));
+        let client = ServiceClient::new(config, "booksvc", "1").unwrap();
+        let debug = format!("{client:?}");
+        assert!(debug.contains("storagesvc"), "{debug}");
+        assert!(!debug.contains("key-value-1"), "{debug}");
+    }
+}
