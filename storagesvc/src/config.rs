@@ -30,10 +30,10 @@ pub struct Config {
 
     /// Longest a query may run once it has a connection (also sent to PostgreSQL as
     /// `statement_timeout`); bounds a request when the database hangs mid-query.
-    #[arg(long, env = "DB_QUERY_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "DB_QUERY_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     pub db_query_timeout: Duration,
 
-    /// Size of the connection pool.
+    /// Size of the connection pool (kept open: a fixed-size pool).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
 

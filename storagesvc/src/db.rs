@@ -1,11 +1,17 @@
 //! PostgreSQL access, bounded in time so a dead or hanging database fails requests fast.
 //!
-//! Three bounds keep every request short when the database is in trouble:
-//! - the pool's acquire timeout (`DB_ACQUIRE_TIMEOUT`): a stopped or refusing database,
-//!   and a paused one (the health ping of an idle connection hangs), fail within it;
-//! - a deadline around each whole operation (acquire + query): a database that hangs in
-//!   the middle of a query cannot hold a request longer than that;
-//! - PostgreSQL's own `statement_timeout`, so the server also stops work nobody waits for.
+//! Two bounds, one per phase, keep every request short when the database is in trouble:
+//! - getting a connection: the pool's acquire timeout (`DB_ACQUIRE_TIMEOUT`). A stopped or
+//!   refusing database fails within it, and so does a paused one when a new connection is
+//!   needed or an idle one is pinged;
+//! - using it: the query timeout (`DB_QUERY_TIMEOUT`) around the work on the connection, so
+//!   a database that hangs mid-query (or is paused while a pooled connection looks fine)
+//!   cannot hold a request longer. PostgreSQL's own `statement_timeout` is set to the same,
+//!   so the server also stops work nobody waits for.
+//!
+//! Only connections idle for a while are pinged before use: one used a moment ago is
+//! almost surely alive, and pinging every time would double the round trips per request.
+//! A connection broken since its last use fails its query at once, which is a fast 503.
 //!
 //! The service starts without its database: [`Database::watch`] applies migrations as soon
 //! as the database answers, then keeps the reachability gauge current.
@@ -16,13 +22,17 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 
 use crate::domain::{Book, IdempotencyKey, NewBook, Page};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
+/// Connections idle longer than this are pinged before use (a database restart since then
+/// would have broken them).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// How long one attempt to migrate may take; a database that hangs meanwhile is retried.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often reachability is checked while the database answers.
@@ -100,7 +110,7 @@ pub enum CreateOutcome {
 /// The books store: a lazily connecting pool plus the bounds above.
 pub struct Database {
     pool: PgPool,
-    operation_timeout: Duration,
+    query_timeout: Duration,
     schema_ready: AtomicBool,
     /// Last reachability seen by the watcher: one of the `REACHABILITY_*` values.
     reachability: AtomicU8,
@@ -121,11 +131,21 @@ impl Database {
             .application_name("storagesvc")
             .options([("statement_timeout", statement_timeout.as_str())]);
         let pool = PgPoolOptions::new()
+            // A fixed-size pool, kept full in the background: opening a connection (TCP and
+            // SCRAM authentication) takes long enough on a busy machine to exceed the acquire
+            // timeout, so a burst must find connections ready rather than open them.
+            .min_connections(max_connections)
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
-            // Pings an idle connection before handing it out: after a database restart the
-            // broken connections are dropped here instead of failing a request.
-            .test_before_acquire(true)
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         let reachable_gauge = Gauge::default();
         registry.register(
@@ -135,55 +155,63 @@ impl Database {
         );
         Arc::new(Self {
             pool,
-            operation_timeout: acquire_timeout + query_timeout,
+            query_timeout,
             schema_ready: AtomicBool::new(false),
             reachability: AtomicU8::new(REACHABILITY_UNKNOWN),
             reachable_gauge,
         })
     }
 
-    /// Runs one operation under the operation deadline, after checking the schema exists.
-    async fn bounded<T, F>(&self, operation: F) -> Result<T, DbError>
-    where
-        F: Future<Output = Result<T, sqlx::Error>>,
-    {
+    /// Runs `operation` on a pooled connection: acquiring is bounded by the pool's acquire
+    /// timeout, the operation by the query timeout. A connection whose operation timed out
+    /// is in an unknown state (a query may still be running), so it is closed, not reused.
+    async fn with_connection<T>(
+        &self,
+        operation: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, DbError> {
         if !self.schema_ready.load(Ordering::Acquire) {
             return Err(DbError::SchemaNotReady);
         }
-        match tokio::time::timeout(self.operation_timeout, operation).await {
+        let mut connection = self.pool.acquire().await?;
+        match tokio::time::timeout(self.query_timeout, operation(&mut connection)).await {
             Ok(result) => result.map_err(DbError::from),
-            Err(_) => Err(DbError::Unavailable(format!(
-                "no answer within {:?}",
-                self.operation_timeout
-            ))),
+            Err(_) => {
+                drop(connection.detach());
+                Err(DbError::Unavailable(format!(
+                    "no answer within {:?}",
+                    self.query_timeout
+                )))
+            }
         }
     }
 
     pub async fn list_books(&self, page: Page) -> Result<Vec<Book>, DbError> {
-        self.bounded(
+        self.with_connection(async |connection| {
             sqlx::query_as::<_, Book>(
                 r#"SELECT id, title, author, "desc" FROM books ORDER BY id LIMIT $1 OFFSET $2"#,
             )
             .bind(page.limit)
             .bind(page.offset)
-            .fetch_all(&self.pool),
-        )
+            .fetch_all(connection)
+            .await
+        })
         .await
     }
 
     pub async fn get_book(&self, id: i64) -> Result<Option<Book>, DbError> {
-        self.bounded(
+        self.with_connection(async |connection| {
             sqlx::query_as::<_, Book>(
                 r#"SELECT id, title, author, "desc" FROM books WHERE id = $1"#,
             )
             .bind(id)
-            .fetch_optional(&self.pool),
-        )
+            .fetch_optional(connection)
+            .await
+        })
         .await
     }
 
     pub async fn update_book(&self, id: i64, book: &NewBook) -> Result<Option<Book>, DbError> {
-        self.bounded(
+        self.with_connection(async |connection| {
             sqlx::query_as::<_, Book>(
                 r#"UPDATE books SET title = $2, author = $3, "desc" = $4 WHERE id = $1
                    RETURNING id, title, author, "desc""#,
@@ -192,19 +220,21 @@ impl Database {
             .bind(book.title())
             .bind(book.author())
             .bind(book.desc())
-            .fetch_optional(&self.pool),
-        )
+            .fetch_optional(connection)
+            .await
+        })
         .await
     }
 
     /// `true` when a book was deleted, `false` when there was none with that id.
     pub async fn delete_book(&self, id: i64) -> Result<bool, DbError> {
         let result = self
-            .bounded(
+            .with_connection(async |connection| {
                 sqlx::query("DELETE FROM books WHERE id = $1")
                     .bind(id)
-                    .execute(&self.pool),
-            )
+                    .execute(connection)
+                    .await
+            })
             .await?;
         Ok(result.rows_affected() > 0)
     }
@@ -217,8 +247,8 @@ impl Database {
         book: &NewBook,
         key: Option<&IdempotencyKey>,
     ) -> Result<CreateOutcome, DbError> {
-        self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+        self.with_connection(async |connection| {
+            let mut tx = connection.begin().await?;
             if let Some(key) = key {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                     .bind(key.as_str())
@@ -275,7 +305,7 @@ impl Database {
     /// watcher's or a readiness probe's, updates the reachability gauge.
     pub async fn ping(&self) -> Result<(), DbError> {
         let result = self
-            .bounded(sqlx::query("SELECT 1").execute(&self.pool))
+            .with_connection(async |connection| sqlx::query("SELECT 1").execute(connection).await)
             .await
             .map(drop);
         self.record_reachability(&result);
@@ -361,12 +391,15 @@ impl Database {
     }
 
     async fn purge_expired_keys(&self) {
-        let purge = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
-        )
-        .bind(IDEMPOTENCY_KEY_RETENTION_HOURS)
-        .execute(&self.pool);
-        match self.bounded(purge).await {
+        let purge = async |connection: &mut PgConnection| {
+            sqlx::query(
+                "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
+            )
+            .bind(IDEMPOTENCY_KEY_RETENTION_HOURS)
+            .execute(connection)
+            .await
+        };
+        match self.with_connection(purge).await {
             Ok(done) if done.rows_affected() > 0 => {
                 tracing::info!(
                     purged = done.rows_affected(),

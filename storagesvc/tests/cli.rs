@@ -38,7 +38,7 @@ fn help_lists_every_variable_with_its_default() {
         ("BIND_ADDR", Some("0.0.0.0:8082")),
         ("DATABASE_URL", None),
         ("DB_ACQUIRE_TIMEOUT", Some("500ms")),
-        ("DB_QUERY_TIMEOUT", Some("1s")),
+        ("DB_QUERY_TIMEOUT", Some("500ms")),
         ("DB_MAX_CONNECTIONS", Some("16")),
         ("DB_RETRY_AFTER", Some("1s")),
         ("AUTH_TOKENS", None),
