@@ -82,17 +82,9 @@ Environment:
 EOF
 }
 
-log() { printf '%s\n' "offline-images: $*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
-on_error() {
-	local rc=$? line=$1 cmd=$2
-	log "error: '$cmd' failed (exit $rc) at line $line"
-	exit "$rc"
-}
-trap 'on_error "$LINENO" "$BASH_COMMAND"' ERR
+LOG_PREFIX=offline-images
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 REBUILD=false
 parse_args() {
