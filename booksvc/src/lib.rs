@@ -1,8 +1,15 @@
 //! booksvc: the public API in front of storagesvc.
 //!
-//! Built so far: the last-good store (`last_good`) and the `Cache-Status` header
-//! (`cache_status`). The read path that composes them with the resilient client, and the
-//! service around it, come next.
+//! A read goes `startup` (router, layers) → `read_path` (fallback) → `upstream` (the
+//! service client under `shared::resilience`) → storagesvc, and back through `last_good`
+//! (stored on success, recalled on failure), marked with `cache_status`.
 
 pub mod cache_status;
+mod config;
 pub mod last_good;
+mod read_path;
+mod startup;
+mod upstream;
+
+pub use config::Config;
+pub use startup::Application;

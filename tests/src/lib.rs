@@ -3,8 +3,10 @@
 //! checks; the mechanics live here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod booksvc;
 pub mod containers;
 pub mod poll;
+pub mod server;
 pub mod storagesvc;
 
 /// Logs of the services under test go to the test output when `TEST_LOG` is set.

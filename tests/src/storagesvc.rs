@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::poll::eventually;
+use crate::server::RunningServer;
 
 /// The credential the test instances accept.
 pub const TOKEN: &str = "test-service-token";
@@ -17,8 +16,7 @@ pub const TOKEN: &str = "test-service-token";
 pub struct TestStoragesvc {
     pub address: SocketAddr,
     pub http: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
+    server: RunningServer,
 }
 
 impl TestStoragesvc {
@@ -40,19 +38,11 @@ impl TestStoragesvc {
             .await
             .expect("build storagesvc");
         let address = app.address();
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until(async move {
-            let _ = stopped.await;
-        }));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let server = RunningServer::spawn(address, |shutdown| app.run_until(shutdown));
         Self {
             address,
-            http,
-            shutdown: Some(shutdown),
-            server: Some(server),
+            http: test_http_client(),
+            server,
         }
     }
 
@@ -114,25 +104,17 @@ impl TestStoragesvc {
     }
 
     /// Stops the server gracefully and waits for it to finish.
-    pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("server task")
-                .expect("server stopped cleanly");
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
-impl Drop for TestStoragesvc {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
-    }
+/// The HTTP client of the tests: bounded, so a hang fails the test instead of stalling it.
+pub fn test_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// Asserts a problem+json response with `status` and returns its body.

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -114,11 +115,12 @@ impl Resilience {
         Fut: Future<Output = Attempted<T>>,
     {
         let deadline = Instant::now() + self.limits.deadline;
-        let attempts = std::cell::Cell::new(0usize);
+        // Atomic rather than a `Cell` so the call stays `Send` (it is awaited in handlers).
+        let attempts = AtomicUsize::new(0);
         self.budget.record_request();
 
         let result = (|| {
-            attempts.set(attempts.get() + 1);
+            attempts.fetch_add(1, Ordering::Relaxed);
             self.attempt_once(deadline, &attempt)
         })
         .retry(self.retry.backoff())
@@ -147,7 +149,7 @@ impl Resilience {
         })
         .await;
 
-        let attempts = attempts.get();
+        let attempts = attempts.load(Ordering::Relaxed);
         result.map_err(|failure| match failure.breaker_open {
             Some(open) if attempts == 1 => CallError::BreakerOpen(open),
             _ => CallError::Failed {

@@ -1,0 +1,78 @@
+//! booksvc's settings: environment variables (DESIGN section 6), each also a flag.
+//! How to reach storagesvc (`STORAGESVC_URL`, `STORAGESVC_*` credentials) is discovered by
+//! the service client, not listed here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use shared::config::{CommonArgs, parse_duration};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "booksvc",
+    version,
+    about = "The public books API. Reads storagesvc through a resilient client and answers from the last good response when it fails.",
+    after_help = "storagesvc is found through STORAGESVC_URL (required) and authenticated with STORAGESVC_API_KEY, STORAGESVC_BEARER_TOKEN, STORAGESVC_BASIC_USER/_PASSWORD or STORAGESVC_OAUTH_TOKEN_URL/_CLIENT_ID/_CLIENT_SECRET."
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8081")]
+    pub bind_addr: SocketAddr,
+
+    /// Redis for the last-good store.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://redis:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Total time for the upstream work of one request, retries included.
+    #[arg(long, env = "REQUEST_DEADLINE", default_value = "1500ms", value_parser = parse_duration)]
+    pub request_deadline: Duration,
+
+    /// Time for one HTTP attempt.
+    #[arg(long, env = "ATTEMPT_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub attempt_timeout: Duration,
+
+    /// Delay before the first retry (doubled for each further one, plus jitter).
+    #[arg(long, env = "RETRY_BASE_DELAY", default_value = "50ms", value_parser = parse_duration)]
+    pub retry_base_delay: Duration,
+
+    /// Retries per request at most.
+    #[arg(long, env = "RETRY_MAX", default_value_t = 2)]
+    pub retry_max: usize,
+
+    /// Retries allowed as a share of requests in a sliding 10 s window.
+    #[arg(long, env = "RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+
+    /// Consecutive failures that open the circuit breaker.
+    #[arg(long, env = "BREAKER_CONSECUTIVE_FAILURES", default_value_t = 5)]
+    pub breaker_consecutive_failures: u32,
+
+    /// Longest the breaker stays open before a probe (the delay grows from 1 s to this).
+    #[arg(long, env = "BREAKER_OPEN_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_open_max: Duration,
+
+    /// While the breaker is open, how often storagesvc's health is checked to end it early.
+    #[arg(long, env = "BREAKER_PROBE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub breaker_probe_interval: Duration,
+
+    /// How long Redis keeps a last good answer.
+    #[arg(long, env = "CACHE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// Bound on each read of the last-good store (memory, then Redis).
+    #[arg(long, env = "CACHE_READ_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub cache_read_timeout: Duration,
+
+    /// Size of the in-memory copy of last good answers, in bytes.
+    #[arg(long, env = "CACHE_MEMORY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub cache_memory_bytes: u64,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}

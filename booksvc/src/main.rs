@@ -1,0 +1,15 @@
+use anyhow::Context;
+use booksvc::{Application, Config};
+use clap::Parser;
+use shared::client::ServiceClientConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    shared::telemetry::init(config.common.log_format)?;
+    let storagesvc = ServiceClientConfig::from_env("storagesvc")
+        .context("cannot configure the storagesvc client")?;
+    let app = Application::build(config, storagesvc).await?;
+    app.run_until_stopped().await?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Building and running booksvc: `Application::build` wires the client, the policies, the
+//! last-good store, the health probe and the routes, and binds (port 0 works, for tests).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use shared::client::{ServiceClient, ServiceClientConfig};
+use shared::health::{CheckOutcome, Health, HealthCheck};
+use shared::metrics::HttpMetrics;
+use shared::resilience::{
+    BreakerConfig, BreakerState, CallLimits, CircuitBreaker, Resilience, RetryBudget,
+    RetryBudgetConfig, RetryPolicy,
+};
+use shared::server::{serve, shutdown_signal, with_common_layers};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::last_good::{LastGoodConfig, LastGoodStore};
+use crate::read_path::{self, ReadPath};
+use crate::upstream::Upstream;
+
+/// A bound, fully wired booksvc, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    router: Router,
+    shutdown_grace: Duration,
+    probe: JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    from: &'static str,
+    to: &'static str,
+}
+
+impl Application {
+    /// `storagesvc` says where storagesvc is and how to authenticate (from `STORAGESVC_*`
+    /// in `main`, built directly in tests).
+    pub async fn build(config: Config, storagesvc: ServiceClientConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.bind_addr).await.map_err(|err| {
+            anyhow::anyhow!("cannot listen on BIND_ADDR={}: {err}", config.bind_addr)
+        })?;
+        let address = listener.local_addr()?;
+        let mut registry = Registry::default();
+        let http_metrics = HttpMetrics::register(&mut registry);
+
+        let breaker = breaker(&config, &mut registry);
+        let resilience = Resilience {
+            limits: CallLimits {
+                deadline: config.request_deadline,
+                attempt_timeout: config.attempt_timeout,
+            },
+            retry: RetryPolicy {
+                base: config.retry_base_delay,
+                max_retries: config.retry_max,
+                ..Default::default()
+            },
+            budget: Arc::new(RetryBudget::new(RetryBudgetConfig {
+                ratio: config.retry_budget_ratio,
+                ..Default::default()
+            })),
+            breaker,
+        };
+        let client = ServiceClient::new(
+            storagesvc,
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+        )?;
+        let upstream = Upstream::new(client, resilience, &mut registry);
+        let store = LastGoodStore::new(
+            LastGoodConfig {
+                redis_url: config.redis_url.clone(),
+                key_prefix: "booksvc:v1:".into(),
+                ttl: config.cache_ttl,
+                read_timeout: config.cache_read_timeout,
+                write_timeout: Duration::from_secs(1),
+                max_inflight_writes: 64,
+                memory_bytes: config.cache_memory_bytes,
+            },
+            &mut registry,
+        )
+        .map_err(|err| anyhow::anyhow!("REDIS_URL is not usable: {err}"))?;
+
+        let probe = tokio::spawn(probe_while_open(
+            upstream.clone(),
+            config.breaker_probe_interval,
+            config.attempt_timeout,
+        ));
+        let health = Health::builder()
+            .optional("storagesvc", StoragesvcCheck(upstream.clone()))
+            .optional("redis", RedisCheck(store.clone()))
+            .build();
+        let read_path = ReadPath::new(upstream, store, &mut registry);
+        let routes = Router::new()
+            .route("/", get(read_path::read))
+            .route("/books", get(read_path::read))
+            .route("/books/{id}", get(read_path::read))
+            .with_state(read_path);
+        let router = with_common_layers(
+            routes
+                .merge(health.routes())
+                .merge(shared::metrics::routes(Arc::new(registry))),
+            http_metrics,
+        );
+        tracing::info!(%address, "booksvc listening");
+        Ok(Self {
+            listener,
+            address,
+            router,
+            shutdown_grace: config.common.shutdown_grace,
+            probe,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let result = serve(self.listener, self.router, shutdown, self.shutdown_grace).await;
+        self.probe.abort();
+        result
+    }
+}
+
+/// The breaker, with every transition logged and counted, and its state as a gauge.
+fn breaker(config: &Config, registry: &mut Registry) -> CircuitBreaker {
+    let transitions = Family::<TransitionLabels, Counter>::default();
+    let state = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    registry.register(
+        "breaker_transitions",
+        "Circuit breaker state changes for storagesvc, by from and to",
+        transitions.clone(),
+    );
+    registry.register(
+        "breaker_state",
+        "Circuit breaker for storagesvc: 0 closed, 1 half-open, 2 open",
+        state.clone(),
+    );
+    let breaker_config = BreakerConfig {
+        consecutive_failures: config.breaker_consecutive_failures,
+        open_max: config.breaker_open_max,
+        ..Default::default()
+    };
+    CircuitBreaker::with_transition_hook(breaker_config, move |from, to| {
+        transitions
+            .get_or_create(&TransitionLabels {
+                from: from.as_str(),
+                to: to.as_str(),
+            })
+            .inc();
+        state.set(match to {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        });
+        match to {
+            BreakerState::Open => {
+                tracing::warn!(%from, %to, "circuit breaker for storagesvc opened")
+            }
+            _ => tracing::info!(%from, %to, "circuit breaker for storagesvc changed state"),
+        }
+    })
+}
+
+/// While the breaker is open, asks storagesvc's readiness every `interval`; when it is
+/// healthy, moves the breaker to half-open so recovery does not wait out the whole delay.
+async fn probe_while_open(upstream: Upstream, interval: Duration, timeout: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticker.tick().await;
+        let breaker = &upstream.resilience().breaker;
+        if breaker.state() != BreakerState::Open {
+            continue;
+        }
+        let check =
+            upstream
+                .client()
+                .execute(Method::GET, "/.well-known/health", HeaderMap::new(), None);
+        if let Ok(Ok(response)) = tokio::time::timeout(timeout, check).await
+            && response.status() == StatusCode::OK
+        {
+            tracing::info!("storagesvc reports healthy; letting a probe through");
+            breaker.half_open();
+        }
+    }
+}
+
+/// Reported, never fatal: serving stale answers while storagesvc is down is booksvc's job.
+struct StoragesvcCheck(Upstream);
+
+impl HealthCheck for StoragesvcCheck {
+    fn check(&self) -> Pin<Box<dyn Future<Output = CheckOutcome> + Send + '_>> {
+        Box::pin(async move {
+            let state = self.0.resilience().breaker.state();
+            let details = json!({ "breaker": state.as_str() });
+            if state == BreakerState::Closed {
+                CheckOutcome::up(details)
+            } else {
+                CheckOutcome::down(details)
+            }
+        })
+    }
+}
+
+/// Reported, never fatal: without Redis the memory copy still serves.
+struct RedisCheck(LastGoodStore);
+
+impl HealthCheck for RedisCheck {
+    fn check(&self) -> Pin<Box<dyn Future<Output = CheckOutcome> + Send + '_>> {
+        Box::pin(async move {
+            match self.0.redis_reachable().await {
+                Ok(()) => CheckOutcome::up(json!({})),
+                Err(error) => CheckOutcome::down(json!({ "error": error })),
+            }
+        })
+    }
+}

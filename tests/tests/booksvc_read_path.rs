@@ -1,0 +1,191 @@
+//! booksvc's read path with everything real: PostgreSQL and Redis containers, storagesvc
+//! and booksvc in-process, real HTTP between them, and the database really stopped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use reqwest::StatusCode;
+use system_tests::booksvc::{REQUEST_DEADLINE, TestBooksvc};
+use system_tests::containers::{Faults, Postgres, Redis};
+use system_tests::poll::eventually;
+use system_tests::storagesvc::{TestStoragesvc, assert_problem};
+
+/// Once the breaker is open, a stale answer must come this fast (DESIGN / issue).
+const OPEN_BREAKER_BOUND: Duration = Duration::from_millis(50);
+
+struct Stack {
+    db: Postgres,
+    redis: Redis,
+    storagesvc: TestStoragesvc,
+    booksvc: TestBooksvc,
+}
+
+async fn stack() -> Stack {
+    let (db, redis) = tokio::join!(Postgres::start(), Redis::start());
+    let storagesvc = TestStoragesvc::spawn_ready(&db.url()).await;
+    let booksvc = TestBooksvc::spawn(storagesvc.address, &redis.url(), &[]).await;
+    Stack {
+        db,
+        redis,
+        storagesvc,
+        booksvc,
+    }
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_reads_pass_storagesvc_bytes_through_and_store_them() {
+    let stack = stack().await;
+    let direct = stack.storagesvc.get("/books").await.bytes().await.unwrap();
+
+    for path in ["/", "/books"] {
+        let response = stack.booksvc.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            header(&response, "cache-status").as_deref(),
+            Some("booksvc; fwd=miss; stored"),
+            "{path}"
+        );
+        assert_eq!(
+            header(&response, "content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(header(&response, "age"), None, "a fresh answer has no Age");
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            direct,
+            "{path}: byte for byte"
+        );
+    }
+
+    // ... and the answer is now in Redis, under the documented key.
+    let redis = redis::Client::open(stack.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stored: Vec<u8> = eventually(Duration::from_secs(5), "the list in Redis", || {
+        let mut redis = redis.clone();
+        async move {
+            redis
+                .get::<_, Option<Vec<u8>>>("booksvc:v1:GET /books")
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert!(stored.ends_with(&direct), "Redis holds the body as sent");
+
+    // A book that does not exist is storagesvc's 404, passed on and not stored.
+    let missing = stack.booksvc.get("/books/424242").await;
+    assert_eq!(
+        header(&missing, "cache-status").as_deref(),
+        Some("booksvc; fwd=miss")
+    );
+    assert_problem(missing, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_last_good_list_when_database_is_stopped_and_recovers_when_it_returns() {
+    let stack = stack().await;
+    let warm = stack.booksvc.get("/books").await;
+    assert_eq!(warm.status(), StatusCode::OK);
+    let fresh_body = warm.bytes().await.unwrap();
+
+    stack.db.stop().await;
+
+    // The first read after the fault: stale, within the request deadline.
+    let started = Instant::now();
+    let first = stack.booksvc.get("/books").await;
+    let first_took = started.elapsed();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        header(&first, "cache-status").as_deref(),
+        Some("booksvc; hit; detail=upstream-unavailable")
+    );
+    assert!(
+        header(&first, "age").is_some_and(|age| age.parse::<u64>().is_ok()),
+        "Age present"
+    );
+    assert_eq!(
+        first.bytes().await.unwrap(),
+        fresh_body,
+        "the stored body, byte for byte"
+    );
+    assert!(
+        first_took <= REQUEST_DEADLINE,
+        "first stale answer took {first_took:?}"
+    );
+
+    // Keep reading until the breaker opens; every answer is stale and 200 meanwhile.
+    eventually(Duration::from_secs(10), "the breaker opens", || async {
+        let response = stack.booksvc.get("/books").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        (stack.booksvc.breaker_state().await == "open").then_some(())
+    })
+    .await;
+
+    // With the breaker open, stale answers are immediate.
+    for _ in 0..20 {
+        let started = Instant::now();
+        let response = stack.booksvc.get("/books").await;
+        let took = started.elapsed();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(&response, "cache-status").as_deref(),
+            Some("booksvc; hit; detail=upstream-unavailable")
+        );
+        assert_eq!(response.bytes().await.unwrap(), fresh_body);
+        assert!(
+            took <= OPEN_BREAKER_BOUND,
+            "stale answer with the breaker open took {took:?}"
+        );
+    }
+
+    // Recovery: the database comes back; fresh answers within 3 s, nothing restarted.
+    stack.db.start_again().await;
+    stack
+        .storagesvc
+        .wait_until_ready(Duration::from_secs(30))
+        .await;
+    let healthy = Instant::now();
+    eventually(
+        Duration::from_secs(3),
+        "fresh answers within 3 s of the database being healthy",
+        || async {
+            let response = stack.booksvc.get("/books").await;
+            (header(&response, "cache-status").as_deref() == Some("booksvc; fwd=miss; stored"))
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "fresh again {:?} after storagesvc reported ready",
+        healthy.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_cache_and_database_down_answers_503_with_retry_after_within_the_deadline() {
+    let stack = stack().await;
+    stack.db.stop().await;
+    let started = Instant::now();
+    let response = stack.booksvc.get("/books?limit=7").await;
+    let took = started.elapsed();
+    let retry_after = header(&response, "retry-after");
+    let problem = assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(problem["type"], "urn:bookstore:problem:books-unavailable");
+    assert!(
+        retry_after.is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)),
+        "Retry-After of at least 1 s"
+    );
+    assert!(took <= REQUEST_DEADLINE, "took {took:?}");
+}
