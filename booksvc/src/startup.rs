@@ -74,6 +74,7 @@ impl Application {
                 ..Default::default()
             })),
             breaker,
+            observer: Default::default(),
         };
         let client = ServiceClient::new(
             storagesvc,

@@ -1,18 +1,19 @@
 //! storagesvc as booksvc sees it: the service client under the resilience policies, one
 //! `Resilience::call` per request, each attempt classified by DESIGN table 4.2.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use shared::client::{ClientError, ServiceClient, TokenError};
 use shared::metrics::latency_histogram;
-use shared::resilience::{AttemptOutcome, Attempted, CallError, Resilience, parse_retry_after};
+use shared::resilience::{
+    AttemptObserver, AttemptOutcome, Attempted, CallError, Resilience, parse_retry_after,
+};
 
 /// Tells storagesvc how long this attempt may take, so it can give up on work nobody waits for.
 pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout-ms";
@@ -34,41 +35,38 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
-#[derive(Clone)]
-struct UpstreamMetrics {
-    attempts: Family<OutcomeLabels, Counter>,
-    latency: Histogram,
-}
-
 /// storagesvc behind the policies; cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
     client: ServiceClient,
     resilience: Resilience,
-    metrics: UpstreamMetrics,
 }
 
 impl Upstream {
-    pub fn new(client: ServiceClient, resilience: Resilience, registry: &mut Registry) -> Self {
-        let metrics = UpstreamMetrics {
-            attempts: Family::default(),
-            latency: latency_histogram(),
-        };
+    /// Wraps `client` in `resilience`, counting every attempt (timed-out ones included,
+    /// which only the resilience layer sees) by outcome, with its duration.
+    pub fn new(client: ServiceClient, mut resilience: Resilience, registry: &mut Registry) -> Self {
+        let attempts = Family::<OutcomeLabels, Counter>::default();
+        let latency = latency_histogram();
         registry.register(
             "upstream_attempts",
             "HTTP attempts to storagesvc, by outcome class (table 4.2)",
-            metrics.attempts.clone(),
+            attempts.clone(),
         );
         registry.register(
             "upstream_attempt_duration_seconds",
             "Duration of each attempt to storagesvc",
-            metrics.latency.clone(),
+            latency.clone(),
         );
-        Self {
-            client,
-            resilience,
-            metrics,
-        }
+        resilience.observer = AttemptObserver::new(move |outcome, took| {
+            attempts
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.class(),
+                })
+                .inc();
+            latency.observe(took.as_secs_f64());
+        });
+        Self { client, resilience }
     }
 
     pub fn client(&self) -> &ServiceClient {
@@ -87,13 +85,12 @@ impl Upstream {
     }
 
     async fn attempt(&self, path_and_query: &str, budget: Duration) -> Attempted<AttemptValue> {
-        let started = Instant::now();
         let mut headers = HeaderMap::new();
         headers.insert(
             REQUEST_TIMEOUT_HEADER,
             HeaderValue::from(budget.as_millis() as u64),
         );
-        let attempted = match self
+        match self
             .client
             .execute(Method::GET, path_and_query, headers, None)
             .await
@@ -124,17 +121,7 @@ impl Upstream {
                 retry_after: None,
                 value: Err(err.to_string()),
             },
-        };
-        self.metrics
-            .attempts
-            .get_or_create(&OutcomeLabels {
-                outcome: attempted.outcome.class(),
-            })
-            .inc();
-        self.metrics
-            .latency
-            .observe(started.elapsed().as_secs_f64());
-        attempted
+        }
     }
 }
 

@@ -171,6 +171,41 @@ async fn serves_last_good_list_when_database_is_stopped_and_recovers_when_it_ret
         "fresh again {:?} after storagesvc reported ready",
         healthy.elapsed()
     );
+
+    // The metrics tell the same story.
+    let metrics = stack.booksvc.get("/metrics").await.text().await.unwrap();
+    let value = |series: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    assert_eq!(
+        value(r#"breaker_transitions_total{from="closed",to="open"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"breaker_transitions_total{from="half_open",to="closed"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(value("breaker_state"), Some(0.0), "{metrics}");
+    assert!(
+        value(r#"fallback_answers_total{source="memory"}"#).is_some_and(|n| n >= 21.0),
+        "{metrics}"
+    );
+    assert!(
+        value(r#"upstream_attempts_total{outcome="server_error"}"#).is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        value(r#"upstream_attempts_total{outcome="success"}"#).is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("upstream_attempt_duration_seconds_bucket"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

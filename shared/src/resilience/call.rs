@@ -89,6 +89,32 @@ pub enum CallError<T> {
     },
 }
 
+/// Told of every attempt's outcome and duration, timed-out ones included (for metrics).
+#[derive(Clone, Default)]
+pub struct AttemptObserver(Option<Arc<dyn Fn(AttemptOutcome, Duration) + Send + Sync>>);
+
+impl AttemptObserver {
+    pub fn new(observe: impl Fn(AttemptOutcome, Duration) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(observe)))
+    }
+
+    fn observe(&self, outcome: AttemptOutcome, took: Duration) {
+        if let Some(observe) = &self.0 {
+            observe(outcome, took);
+        }
+    }
+}
+
+impl std::fmt::Debug for AttemptObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "AttemptObserver(set)"
+        } else {
+            "AttemptObserver(none)"
+        })
+    }
+}
+
 /// The policies of one upstream, shared by every call to it.
 #[derive(Debug, Clone)]
 pub struct Resilience {
@@ -96,6 +122,7 @@ pub struct Resilience {
     pub retry: RetryPolicy,
     pub budget: Arc<RetryBudget>,
     pub breaker: CircuitBreaker,
+    pub observer: AttemptObserver,
 }
 
 /// One failed attempt, as the retry loop sees it.
@@ -170,12 +197,14 @@ impl Resilience {
             last: None,
             breaker_open: Some(open),
         })?;
+        let started = Instant::now();
         let budget = self
             .limits
             .attempt_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
         match tokio::time::timeout(budget, attempt(budget)).await {
             Ok(attempted) => {
+                self.observer.observe(attempted.outcome, started.elapsed());
                 permit.record(attempted.outcome.breaker_verdict(), attempted.retry_after);
                 match attempted.outcome.breaker_verdict() {
                     super::BreakerVerdict::Failure => Err(Failure {
@@ -188,6 +217,7 @@ impl Resilience {
             }
             Err(_) => {
                 let outcome = AttemptOutcome::TimedOut;
+                self.observer.observe(outcome, started.elapsed());
                 permit.record(outcome.breaker_verdict(), None);
                 Err(Failure {
                     outcome,
@@ -257,6 +287,7 @@ mod tests {
             retry: RetryPolicy::default(),
             budget: Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
             breaker: CircuitBreaker::new(BreakerConfig::default()),
+            observer: AttemptObserver::default(),
         }
     }
 
@@ -407,6 +438,30 @@ mod tests {
             upstream.starts().len(),
             calls_so_far,
             "nothing sent while open"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_observer_sees_every_attempt_including_timeouts() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let resilience = Resilience {
+            observer: AttemptObserver::new(move |outcome, took| {
+                log.lock().unwrap().push((outcome, took))
+            }),
+            ..resilience()
+        };
+        let upstream = Upstream::new(&[(0, ServerError), (10_000, Success), (0, Success)]);
+        let _ = run(&resilience, &upstream).await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            [ServerError, TimedOut, Success]
+        );
+        assert_eq!(
+            seen[1].1,
+            ms(500),
+            "the timed-out attempt took the attempt timeout"
         );
     }
 
