@@ -1,11 +1,11 @@
-//! The read path (DESIGN 4.1), outermost first: fallback around the resilient call.
+//! The read path (DESIGN 4.1), outermost first: coalescing, then fallback around the
+//! resilient call.
 //!
-//! `read` asks storagesvc through [`Upstream::get`] (deadline → retry → breaker → attempt
-//! timeout, in `shared::resilience::call`). A successful answer is stored and passed on; a
-//! failure is answered from the last-good store, marked stale; with nothing stored, the
-//! answer is 503 with `Retry-After`.
-//!
-//! Not yet here: coalescing of concurrent identical reads (step 1).
+//! `read` joins an identical read already in flight, or asks storagesvc through
+//! [`Upstream::get`] (deadline → retry → breaker → attempt timeout, in
+//! `shared::resilience::call`). A successful answer is stored and passed on; a failure is
+//! answered from the last-good store, marked stale; with nothing stored, the answer is 503
+//! with `Retry-After`.
 
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +20,10 @@ use prometheus_client::registry::Registry;
 use shared::Problem;
 use shared::resilience::CallError;
 
+use std::sync::Arc;
+
 use crate::cache_status;
+use crate::coalesce::Coalescer;
 use crate::last_good::{CacheKey, LastGoodStore, Source, StoredResponse};
 use crate::upstream::{AttemptValue, Upstream, UpstreamResponse};
 
@@ -40,8 +43,12 @@ struct FallbackLabels {
 pub struct ReadPath {
     pub upstream: Upstream,
     pub store: LastGoodStore,
+    in_flight: Arc<Coalescer<UpstreamResult>>,
     fallbacks: Family<FallbackLabels, Counter>,
 }
+
+/// What one upstream read produced, shared by every coalesced caller.
+type UpstreamResult = Result<AttemptValue, CallError<AttemptValue>>;
 
 impl ReadPath {
     pub fn new(upstream: Upstream, store: LastGoodStore, registry: &mut Registry) -> Self {
@@ -54,6 +61,7 @@ impl ReadPath {
         Self {
             upstream,
             store,
+            in_flight: Arc::new(Coalescer::new()),
             fallbacks,
         }
     }
@@ -73,7 +81,9 @@ pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
     };
     let key = CacheKey::new("GET", upstream_path, uri.query());
 
-    match path.upstream.get(&upstream_target).await {
+    let upstream = path.upstream.clone();
+    let call = async move { upstream.get(&upstream_target).await };
+    match path.in_flight.run(&key, call).await {
         Ok(Ok(response)) if response.status.is_success() => {
             let stored = StoredResponse {
                 body: response.body.clone(),

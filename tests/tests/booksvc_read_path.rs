@@ -23,9 +23,14 @@ struct Stack {
 }
 
 async fn stack() -> Stack {
+    stack_with(&[], &[]).await
+}
+
+async fn stack_with(storagesvc_flags: &[&str], booksvc_flags: &[&str]) -> Stack {
     let (db, redis) = tokio::join!(Postgres::start(), Redis::start());
-    let storagesvc = TestStoragesvc::spawn_ready(&db.url()).await;
-    let booksvc = TestBooksvc::spawn(storagesvc.address, &redis.url(), &[]).await;
+    let storagesvc = TestStoragesvc::spawn(&db.url(), storagesvc_flags).await;
+    storagesvc.wait_until_ready(Duration::from_secs(30)).await;
+    let booksvc = TestBooksvc::spawn(storagesvc.address, &redis.url(), booksvc_flags).await;
     Stack {
         db,
         redis,
@@ -223,4 +228,62 @@ async fn cold_cache_and_database_down_answers_503_with_retry_after_within_the_de
         "Retry-After of at least 1 s"
     );
     assert!(took <= REQUEST_DEADLINE, "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_identical_cold_reads_make_one_upstream_call() {
+    // Generous timeouts so the one upstream call can be held open (database paused)
+    // while all hundred reads arrive, without any timeout or retry starting a second.
+    let slow = ["--db-acquire-timeout", "10s", "--db-query-timeout", "10s"];
+    let patient = ["--attempt-timeout", "10s", "--request-deadline", "20s"];
+    let stack = stack_with(&slow, &patient).await;
+
+    stack.db.pause().await;
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let request = stack.booksvc.http.get(stack.booksvc.url("/books")).send();
+        reads.spawn(async move {
+            let response = request.await.unwrap();
+            (response.status(), response.bytes().await.unwrap())
+        });
+    }
+    // The reads are held by the paused database for as long as the test wants; this wait
+    // only lets all hundred reach booksvc before the first call is released.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.db.unpause().await;
+
+    let answers = reads.join_all().await;
+    assert_eq!(answers.len(), 100);
+    assert!(
+        answers.iter().all(|(status, _)| *status == StatusCode::OK),
+        "all answered 200"
+    );
+    assert!(
+        answers.windows(2).all(|w| w[0].1 == w[1].1),
+        "all got the same body"
+    );
+
+    let metrics = stack
+        .storagesvc
+        .http
+        .get(stack.storagesvc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let list_calls = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"http_server_requests_total{method="GET",route="/books",status="200"}"#,
+            )
+        })
+        .map(|n| n.trim().to_owned());
+    assert_eq!(
+        list_calls.as_deref(),
+        Some("1"),
+        "storagesvc served the list once:\n{metrics}"
+    );
 }

@@ -75,7 +75,7 @@ pub struct Attempted<T> {
 }
 
 /// How a call failed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CallError<T> {
     /// Refused by the open breaker; nothing was sent.
     BreakerOpen(BreakerOpen),
