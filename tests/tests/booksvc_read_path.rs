@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
+
 use redis::AsyncCommands;
 use reqwest::StatusCode;
 use system_tests::booksvc::{REQUEST_DEADLINE, TestBooksvc};
@@ -36,6 +38,65 @@ async fn stack_with(storagesvc_flags: &[&str], booksvc_flags: &[&str]) -> Stack 
         redis,
         storagesvc,
         booksvc,
+    }
+}
+
+async fn warm(booksvc: &TestBooksvc) -> Bytes {
+    let response = booksvc.get("/books").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.bytes().await.unwrap()
+}
+
+/// After a fault below booksvc, with a warm cache: the first read is stale within the
+/// request deadline, reads stay 200 and stale until the breaker opens, and then each
+/// stale answer comes within 50 ms.
+async fn assert_serves_stale_through_the_fault(booksvc: &TestBooksvc, fresh_body: &Bytes) {
+    // The first read after the fault: stale, within the request deadline.
+    let started = Instant::now();
+    let first = booksvc.get("/books").await;
+    let first_took = started.elapsed();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        header(&first, "cache-status").as_deref(),
+        Some("booksvc; hit; detail=upstream-unavailable")
+    );
+    assert!(
+        header(&first, "age").is_some_and(|age| age.parse::<u64>().is_ok()),
+        "Age present"
+    );
+    assert_eq!(
+        first.bytes().await.unwrap(),
+        *fresh_body,
+        "the stored body, byte for byte"
+    );
+    assert!(
+        first_took <= REQUEST_DEADLINE,
+        "first stale answer took {first_took:?}"
+    );
+
+    // Keep reading until the breaker opens; every answer is stale and 200 meanwhile.
+    eventually(Duration::from_secs(10), "the breaker opens", || async {
+        let response = booksvc.get("/books").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        (booksvc.breaker_state().await == "open").then_some(())
+    })
+    .await;
+
+    // With the breaker open, stale answers are immediate.
+    for _ in 0..20 {
+        let started = Instant::now();
+        let response = booksvc.get("/books").await;
+        let took = started.elapsed();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(&response, "cache-status").as_deref(),
+            Some("booksvc; hit; detail=upstream-unavailable")
+        );
+        assert_eq!(response.bytes().await.unwrap(), *fresh_body);
+        assert!(
+            took <= OPEN_BREAKER_BOUND,
+            "stale answer with the breaker open took {took:?}"
+        );
     }
 }
 
@@ -101,59 +162,11 @@ async fn fresh_reads_pass_storagesvc_bytes_through_and_store_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_last_good_list_when_database_is_stopped_and_recovers_when_it_returns() {
     let stack = stack().await;
-    let warm = stack.booksvc.get("/books").await;
-    assert_eq!(warm.status(), StatusCode::OK);
-    let fresh_body = warm.bytes().await.unwrap();
+    let fresh_body = warm(&stack.booksvc).await;
 
     stack.db.stop().await;
 
-    // The first read after the fault: stale, within the request deadline.
-    let started = Instant::now();
-    let first = stack.booksvc.get("/books").await;
-    let first_took = started.elapsed();
-    assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(
-        header(&first, "cache-status").as_deref(),
-        Some("booksvc; hit; detail=upstream-unavailable")
-    );
-    assert!(
-        header(&first, "age").is_some_and(|age| age.parse::<u64>().is_ok()),
-        "Age present"
-    );
-    assert_eq!(
-        first.bytes().await.unwrap(),
-        fresh_body,
-        "the stored body, byte for byte"
-    );
-    assert!(
-        first_took <= REQUEST_DEADLINE,
-        "first stale answer took {first_took:?}"
-    );
-
-    // Keep reading until the breaker opens; every answer is stale and 200 meanwhile.
-    eventually(Duration::from_secs(10), "the breaker opens", || async {
-        let response = stack.booksvc.get("/books").await;
-        assert_eq!(response.status(), StatusCode::OK);
-        (stack.booksvc.breaker_state().await == "open").then_some(())
-    })
-    .await;
-
-    // With the breaker open, stale answers are immediate.
-    for _ in 0..20 {
-        let started = Instant::now();
-        let response = stack.booksvc.get("/books").await;
-        let took = started.elapsed();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            header(&response, "cache-status").as_deref(),
-            Some("booksvc; hit; detail=upstream-unavailable")
-        );
-        assert_eq!(response.bytes().await.unwrap(), fresh_body);
-        assert!(
-            took <= OPEN_BREAKER_BOUND,
-            "stale answer with the breaker open took {took:?}"
-        );
-    }
+    assert_serves_stale_through_the_fault(&stack.booksvc, &fresh_body).await;
 
     // Recovery: the database comes back; fresh answers within 3 s, nothing restarted.
     stack.db.start_again().await;
@@ -286,4 +299,21 @@ async fn a_hundred_concurrent_identical_cold_reads_make_one_upstream_call() {
         Some("1"),
         "storagesvc served the list once:\n{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_last_good_list_when_database_is_paused() {
+    let stack = stack().await;
+    let fresh_body = warm(&stack.booksvc).await;
+    stack.db.pause().await;
+    assert_serves_stale_through_the_fault(&stack.booksvc, &fresh_body).await;
+    stack.db.unpause().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_last_good_list_when_storagesvc_is_shut_down() {
+    let stack = stack().await;
+    let fresh_body = warm(&stack.booksvc).await;
+    stack.storagesvc.stop().await;
+    assert_serves_stale_through_the_fault(&stack.booksvc, &fresh_body).await;
 }
