@@ -127,25 +127,59 @@ async fn idempotency_key_replays_the_first_response_and_rejects_another_body() {
     );
     assert_eq!(app.books().await.len(), before + 1);
 
-    // Concurrent retries of one key still create exactly one book.
-    let concurrent = create_concurrently(
-        &app,
-        &json!({"title": "Raced", "author": "Many"}),
-        "key-2",
-        10,
-    )
-    .await;
+    // Concurrent retries of one key wait for each other on the key's lock. Each gets the
+    // stored response, or, if it waited longer than the query bound (a busy machine), a
+    // retryable 503; a later retry of that one replays the stored response. Either way
+    // exactly one book exists and every success is the same response.
+    let raced_book = json!({"title": "Raced", "author": "Many"});
+    let concurrent = create_concurrently(&app, &raced_book, "key-2", 10).await;
+    let created: Vec<&axum::body::Bytes> = concurrent
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .map(|(_, body)| body)
+        .collect();
     assert!(
-        concurrent.iter().all(|s| *s == StatusCode::CREATED),
-        "{concurrent:?}"
+        concurrent
+            .iter()
+            .all(|(status, _)| *status == StatusCode::CREATED
+                || *status == StatusCode::SERVICE_UNAVAILABLE),
+        "only 201 or a retryable 503: {concurrent:?}"
     );
+    let stored = match created.first() {
+        Some(body) => (*body).clone(),
+        None => app
+            .post_book(&raced_book, Some("key-2"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    };
+    assert!(
+        created.iter().all(|body| **body == stored),
+        "every success is the same response"
+    );
+    for _ in concurrent
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::CREATED)
+    {
+        let retried = app.post_book(&raced_book, Some("key-2")).await;
+        assert_eq!(retried.status(), StatusCode::CREATED);
+        assert_eq!(
+            retried.bytes().await.unwrap(),
+            stored,
+            "a retry replays the stored response"
+        );
+    }
     let raced = app
         .books()
         .await
         .into_iter()
         .filter(|b| b["title"] == "Raced")
         .count();
-    assert_eq!(raced, 1);
+    assert_eq!(
+        raced, 1,
+        "one book for eleven or more requests with one key"
+    );
 }
 
 async fn create_concurrently(
@@ -153,14 +187,17 @@ async fn create_concurrently(
     book: &Value,
     key: &str,
     n: usize,
-) -> Vec<StatusCode> {
+) -> Vec<(StatusCode, axum::body::Bytes)> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
         let request = app
             .request(Method::POST, "/books")
             .header("Idempotency-Key", key)
             .json(book);
-        tasks.spawn(async move { request.send().await.unwrap().status() });
+        tasks.spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.bytes().await.unwrap())
+        });
     }
     tasks.join_all().await
 }
