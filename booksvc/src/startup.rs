@@ -2,7 +2,6 @@
 //! last-good store, the health probe and the routes, and binds (port 0 works, for tests).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,23 +22,16 @@ use shared::resilience::{
     BreakerConfig, BreakerState, CallLimits, CircuitBreaker, Resilience, RetryBudget,
     RetryBudgetConfig, RetryPolicy,
 };
-use shared::server::{serve, shutdown_signal, with_common_layers};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use shared::server::{Service, with_common_layers};
 
 use crate::config::Config;
 use crate::last_good::{LastGoodConfig, LastGoodStore};
 use crate::read_path::{self, ReadPath};
 use crate::upstream::Upstream;
 
-/// A bound, fully wired booksvc, ready to serve.
-pub struct Application {
-    listener: TcpListener,
-    address: SocketAddr,
-    router: Router,
-    shutdown_grace: Duration,
-    probe: JoinHandle<()>,
-}
+/// Builds booksvc: `Application::build(config, storagesvc)` gives the bound, fully wired
+/// service.
+pub struct Application;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
@@ -50,11 +42,8 @@ struct TransitionLabels {
 impl Application {
     /// `storagesvc` says where storagesvc is and how to authenticate (from `STORAGESVC_*`
     /// in `main`, built directly in tests).
-    pub async fn build(config: Config, storagesvc: ServiceClientConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.bind_addr).await.map_err(|err| {
-            anyhow::anyhow!("cannot listen on BIND_ADDR={}: {err}", config.bind_addr)
-        })?;
-        let address = listener.local_addr()?;
+    pub async fn build(config: Config, storagesvc: ServiceClientConfig) -> anyhow::Result<Service> {
+        let listener = Service::bind(config.bind_addr).await?;
         let mut registry = Registry::default();
         let http_metrics = HttpMetrics::register(&mut registry);
 
@@ -117,31 +106,9 @@ impl Application {
                 .merge(shared::metrics::routes(Arc::new(registry))),
             http_metrics,
         );
-        tracing::info!(%address, "booksvc listening");
-        Ok(Self {
-            listener,
-            address,
-            router,
-            shutdown_grace: config.common.shutdown_grace,
-            probe,
-        })
-    }
-
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.run_until(shutdown_signal()).await
-    }
-
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let result = serve(self.listener, self.router, shutdown, self.shutdown_grace).await;
-        self.probe.abort();
-        result
+        let service = Service::new(listener, router, config.common.shutdown_grace, vec![probe])?;
+        tracing::info!(address = %service.address(), "booksvc listening");
+        Ok(service)
     }
 }
 

@@ -2,6 +2,7 @@
 //! graceful shutdown that drains in-flight requests for a bounded time.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -9,6 +10,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -59,6 +61,65 @@ pub fn with_common_layers(router: Router, http_metrics: HttpMetrics) -> Router {
                 ))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
+}
+
+/// A bound service, ready to run: its listener, its complete router, and the background
+/// tasks that live exactly as long as it serves. Each service's `Application::build`
+/// wires its own parts and returns one of these.
+pub struct Service {
+    listener: TcpListener,
+    address: SocketAddr,
+    router: Router,
+    shutdown_grace: Duration,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Service {
+    /// Binds `bind_addr` (port 0 picks a free port, for tests); the error names `BIND_ADDR`.
+    pub async fn bind(bind_addr: SocketAddr) -> anyhow::Result<TcpListener> {
+        TcpListener::bind(bind_addr)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot listen on BIND_ADDR={bind_addr}: {err}"))
+    }
+
+    pub fn new(
+        listener: TcpListener,
+        router: Router,
+        shutdown_grace: Duration,
+        background: Vec<JoinHandle<()>>,
+    ) -> std::io::Result<Self> {
+        let address = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            address,
+            router,
+            shutdown_grace,
+            background,
+        })
+    }
+
+    /// The address actually bound (the real port when `BIND_ADDR` asked for port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains in-flight requests.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` resolves (tests use this to stop a service they started),
+    /// then stops the background tasks.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let result = serve(self.listener, self.router, shutdown, self.shutdown_grace).await;
+        for task in self.background {
+            task.abort();
+        }
+        result
+    }
 }
 
 /// Serves `app` until `shutdown` resolves, then stops accepting and lets in-flight requests

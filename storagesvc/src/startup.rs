@@ -1,41 +1,27 @@
 //! Building and running the service: `Application::build` binds (port 0 works, for tests)
-//! and wires everything; `run_until_stopped` serves until SIGTERM.
+//! and wires everything; the `shared::server::Service` it returns serves until SIGTERM.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use shared::health::{CheckOutcome, Health, HealthCheck};
 use shared::metrics::HttpMetrics;
-use shared::server::{serve, shutdown_signal, with_common_layers};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use shared::server::{Service, with_common_layers};
 
 use crate::auth::{Credentials, require_credentials};
 use crate::config::Config;
 use crate::db::Database;
 use crate::routes::{self, AppState};
 
-/// A bound, fully wired storagesvc, ready to serve.
-pub struct Application {
-    listener: TcpListener,
-    address: SocketAddr,
-    router: Router,
-    shutdown_grace: Duration,
-    watcher: JoinHandle<()>,
-}
+/// Builds storagesvc: `Application::build(config)` gives the bound, fully wired service.
+pub struct Application;
 
 impl Application {
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.bind_addr).await.map_err(|err| {
-            anyhow::anyhow!("cannot listen on BIND_ADDR={}: {err}", config.bind_addr)
-        })?;
-        let address = listener.local_addr()?;
+    pub async fn build(config: Config) -> anyhow::Result<Service> {
+        let listener = Service::bind(config.bind_addr).await?;
 
         let mut registry = Registry::default();
         let http_metrics = HttpMetrics::register(&mut registry);
@@ -74,34 +60,14 @@ impl Application {
             http_metrics,
         );
 
-        tracing::info!(%address, "storagesvc listening");
-        Ok(Self {
+        let service = Service::new(
             listener,
-            address,
             router,
-            shutdown_grace: config.common.shutdown_grace,
-            watcher,
-        })
-    }
-
-    /// The address actually bound (the real port when `BIND_ADDR` asked for port 0).
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
-    /// Serves until SIGTERM or SIGINT, then drains in-flight requests.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.run_until(shutdown_signal()).await
-    }
-
-    /// Serves until `shutdown` resolves (tests use this to stop a service they started).
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let result = serve(self.listener, self.router, shutdown, self.shutdown_grace).await;
-        self.watcher.abort();
-        result
+            config.common.shutdown_grace,
+            vec![watcher],
+        )?;
+        tracing::info!(address = %service.address(), "storagesvc listening");
+        Ok(service)
     }
 }
 
