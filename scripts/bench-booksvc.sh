@@ -1,0 +1,1053 @@
+#!/usr/bin/env bash
+# Measures booksvc's `GET /books` in one run, on one machine:
+#
+#   1. happy path: booksvc, and storagesvc directly, under the same load;
+#      booksvc's throughput as a share of the direct one      target >= 70%
+#   2. the database container stopped and booksvc's circuit breaker open
+#      (last good answers in memory and Redis): p50/p99        target p99 <= 5 ms
+#      and every answer must be a 200
+#
+# plus each service's peak memory. Default load: 64 connections, 30 s per run
+# after a warm-up; `--quick` makes it a 5 s smoke check.
+#
+# booksvc lets concurrent identical reads share one upstream call, so with
+# every client asking for the same list it forwards only a small share of the
+# requests and can beat storagesvc's own throughput. `--distinct-keys N`
+# spreads the requests over N different URLs (`/books?limit=...`, all
+# answering the whole list), which measures the cost of the read path itself.
+#
+# This is a measurement, not a test: a missed target is printed as MISSED and
+# the script still exits 0. It exits non-zero only when the measurement itself
+# cannot be trusted: a container or a service does not start, the breaker does
+# not open, a response is not 2xx/3xx, wrk reports socket errors or timeouts,
+# wrk is missing and cannot be installed.
+#
+# Everything runs on this machine and every connection goes to 127.0.0.1: wrk,
+# booksvc, storagesvc, PostgreSQL and Redis share the same CPU cores (nothing
+# is pinned), so the figures are those of the whole stack on this machine; the
+# summary shows how the CPU time was shared out.
+#
+# Progress goes to stderr; the summary (meant to be pasted into a report) goes
+# to stdout.
+
+set -Eeuo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
+ROOT_DIR=$(cd -- "$SCRIPT_DIR/.." && pwd)
+readonly ROOT_DIR
+
+# The project's targets. Fixed here rather than taken from the environment so
+# that a printed "met" always means the same thing.
+readonly TARGET_SHARE_PCT=70
+readonly TARGET_STALE_P99_MS=5
+
+# Knobs (see --help). The defaults are the conditions the targets are set for.
+DURATION=${DURATION:-}
+WARMUP=${WARMUP:-}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+WRK_TIMEOUT=${WRK_TIMEOUT:-2s}
+READY_TIMEOUT=${READY_TIMEOUT:-90}
+PG_NETWORK=${PG_NETWORK:-published}
+LOG_LEVEL=${LOG_LEVEL:-info}
+DISTINCT_KEYS=${DISTINCT_KEYS:-0}
+LOG_DIR=${LOG_DIR:-}
+
+# Above this share of CPU in use before the load starts, the machine is not
+# idle (a build, tests) and the figures say more about that than about the
+# services; they are still printed, with a warning.
+readonly BUSY_WARN_PCT=15
+
+readonly DB_NAME=books
+readonly DB_USER=bench
+
+usage() {
+	cat <<EOF
+Usage: ${0##*/} [--quick] [--no-build] [--duration D] [--warmup D]
+                        [--connections N] [--threads N] [--distinct-keys N]
+
+Benchmarks booksvc's GET /books with wrk, in one run:
+  1. happy path: storagesvc directly (with its bearer token), then booksvc in
+     front of it, under the same load; booksvc's throughput as a share of the
+     direct one (target >= $TARGET_SHARE_PCT%)
+  2. the PostgreSQL container stopped and booksvc's breaker open, with the
+     last good answer stored: booksvc's p50/p99 (target p99 <= $TARGET_STALE_P99_MS ms), and
+     every answer must be a 200
+and prints req/s, p50/p99 and each service's peak RSS. A missed target is
+reported as MISSED, not as a failure; the exit status is non-zero only when
+the measurement could not be made or saw errors (something not starting, the
+breaker not opening, non-2xx responses, socket errors, wrk unavailable).
+
+Steps: build storagesvc and booksvc (release), build or reuse the local
+PostgreSQL and Redis images (scripts/offline-images.sh), start both on random
+127.0.0.1 ports, start storagesvc and booksvc on 127.0.0.1 (RUST_LOG=$LOG_LEVEL,
+JSON logs written to files), wait until healthy, warm up and measure each
+run. Everything started is stopped on exit, also on failure or Ctrl-C.
+
+Needs: cargo, docker (engine running), curl, ss, and wrk (installed with
+apt-get if missing, which needs root or sudo).
+
+Options (each also read from the environment variable in capitals):
+  --quick            smoke check: 5s runs after 2s warm-ups (unless
+                     --duration/--warmup say otherwise)
+  --no-build         use the existing release binaries instead of cargo build
+  --duration D       each measured run (default 30s; wrk syntax: 30s, 2m, ...)
+  --warmup D         load before each measured run, not counted (default 5s)
+  --connections N    concurrent connections (default 64)
+  --threads N        wrk threads (default 2)
+  --distinct-keys N  spread the requests over N different URLs (1 to 900),
+                     /books?limit=1000, 999, ..., each answering the whole
+                     list, so that booksvc cannot share one upstream call
+                     between concurrent requests (default 0: all requests
+                     are GET /books)
+  -h, --help         show this help
+
+Environment:
+  DURATION, WARMUP, CONNECTIONS, THREADS, DISTINCT_KEYS   as the options above
+  WRK_TIMEOUT    wrk's per-request timeout (default 2s); a timeout is an error
+  READY_TIMEOUT  seconds to wait for each container and service (default 90)
+  PG_NETWORK     how the services reach PostgreSQL and Redis:
+                   published  (default) ports published on 127.0.0.1, so
+                              through Docker's userland proxy (docker-proxy),
+                              which then competes for the same CPUs
+                   host       the containers share the host's network and
+                              listen on 127.0.0.1 only: no proxy, closer to a
+                              deployment where all sit on one network
+  LOG_LEVEL      RUST_LOG of both services (default info: one line per request)
+  LOG_DIR        where logs and raw wrk output go (default: a new directory
+                 under \${TMPDIR:-/tmp}); kept after the run
+  POSTGRES_IMAGE, REDIS_IMAGE  images to use (default: built by
+                 scripts/offline-images.sh)
+  CARGO_TARGET_DIR  honoured when locating the binaries
+Other settings of the services in the environment (DB_MAX_CONNECTIONS,
+REQUEST_DEADLINE, ...) are passed through; BIND_ADDR, DATABASE_URL,
+AUTH_TOKENS, STORAGESVC_URL, STORAGESVC_BEARER_TOKEN, REDIS_URL, LOG_FORMAT and
+RUST_LOG are set by the script.
+EOF
+}
+
+LOG_PREFIX=bench-booksvc
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"
+
+BUILD=true
+QUICK=false
+parse_args() {
+	while [[ $# -gt 0 ]]; do
+		case $1 in
+		-h | --help)
+			usage
+			exit 0
+			;;
+		--quick) QUICK=true ;;
+		--no-build) BUILD=false ;;
+		--duration | --warmup | --connections | --threads | --distinct-keys)
+			[[ $# -ge 2 ]] || die "$1 needs a value"
+			case $1 in
+			--duration) DURATION=$2 ;;
+			--warmup) WARMUP=$2 ;;
+			--connections) CONNECTIONS=$2 ;;
+			--threads) THREADS=$2 ;;
+			--distinct-keys) DISTINCT_KEYS=$2 ;;
+			esac
+			shift
+			;;
+		*)
+			usage >&2
+			die "unknown argument: $1"
+			;;
+		esac
+		shift
+	done
+	if [[ $QUICK == true ]]; then
+		DURATION=${DURATION:-5s}
+		WARMUP=${WARMUP:-2s}
+	fi
+	DURATION=${DURATION:-30s}
+	WARMUP=${WARMUP:-5s}
+}
+
+# to_seconds 30s|2m|1h|45 -> whole seconds. wrk takes the same syntax; the
+# value in seconds bounds the wait for wrk and computes CPU shares.
+to_seconds() {
+	local v=$1
+	[[ $v =~ ^([0-9]+)([smh]?)$ ]] || return 1
+	local n=$((10#${BASH_REMATCH[1]}))
+	case ${BASH_REMATCH[2]} in
+	m) n=$((n * 60)) ;;
+	h) n=$((n * 3600)) ;;
+	esac
+	((n > 0)) || return 1
+	printf '%d\n' "$n"
+}
+
+validate_settings() {
+	DURATION_S=$(to_seconds "$DURATION") || die "DURATION='$DURATION' is not a duration such as 30s or 2m"
+	WARMUP_S=$(to_seconds "$WARMUP") || die "WARMUP='$WARMUP' is not a duration such as 5s"
+	to_seconds "$WRK_TIMEOUT" >/dev/null || die "WRK_TIMEOUT='$WRK_TIMEOUT' is not a duration such as 2s"
+	[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS='$CONNECTIONS' is not a positive integer"
+	[[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS='$THREADS' is not a positive integer"
+	((THREADS <= CONNECTIONS)) || die "THREADS ($THREADS) must not exceed CONNECTIONS ($CONNECTIONS): wrk gives each thread at least one connection"
+	[[ $PG_NETWORK == published || $PG_NETWORK == host ]] || die "PG_NETWORK='$PG_NETWORK': expected 'published' or 'host'"
+	[[ $READY_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "READY_TIMEOUT='$READY_TIMEOUT' is not a number of seconds"
+	# limit=1000 down to limit=101: every page holds the whole list as long
+	# as there are at most 100 books (checked once they are known).
+	if ! [[ $DISTINCT_KEYS =~ ^[0-9]+$ ]] || ((10#$DISTINCT_KEYS > 900)); then
+		die "DISTINCT_KEYS='$DISTINCT_KEYS' is not a number from 0 to 900"
+	fi
+	DISTINCT_KEYS=$((10#$DISTINCT_KEYS))
+}
+
+# Runs a command as root, through sudo when needed (for apt-get only).
+as_root() {
+	if [[ $EUID -eq 0 ]]; then
+		"$@"
+	elif command -v sudo >/dev/null; then
+		sudo -n "$@"
+	else
+		die "need root to run: $*"
+	fi
+}
+
+# Installs wrk from the Debian archive if it is missing. apt-get update only
+# runs when the first install attempt fails, since it is slow and usually
+# unnecessary.
+ensure_wrk() {
+	command -v wrk >/dev/null && return 0
+	command -v apt-get >/dev/null || die "wrk is not installed and there is no apt-get to install it with"
+	log "installing wrk"
+	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2; then
+		log "install failed; refreshing the package lists and retrying"
+		as_root apt-get update -q </dev/null >&2 || die "apt-get update failed"
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2 ||
+			die "could not install wrk"
+	fi
+	command -v wrk >/dev/null || die "wrk is still missing after installing it"
+}
+
+check_tools() {
+	local tool
+	# ss finds the ports the services bound (they bind port 0, so no other
+	# program can take a port picked in advance) and free ports for the
+	# containers on the host network.
+	for tool in docker curl awk ss cmp timeout; do
+		command -v "$tool" >/dev/null || die "$tool is not installed"
+	done
+	docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine (is it running, may this user use it?)"
+	ensure_wrk
+}
+
+# --- clean-up -----------------------------------------------------------------
+
+PG_NAME=""
+REDIS_NAME=""
+SVC_PID=""
+BOOK_PID=""
+WRK_PID=""
+
+# stop_process PID: SIGTERM lets a service drain (SHUTDOWN_GRACE, 10 s by
+# default); SIGKILL after that so a hung one cannot hold the script.
+stop_process() {
+	local pid=$1 deadline=$((SECONDS + 15))
+	[[ -n $pid ]] || return 0
+	kill -TERM "$pid" 2>/dev/null || return 0
+	while pid_alive "$pid" && ((SECONDS < deadline)); do
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+remove_container() {
+	[[ -n $1 ]] || return 0
+	# Forced removal: the data is throwaway, and it returns only once the
+	# container is gone.
+	docker rm -f -v "$1" >/dev/null 2>&1 || log "could not remove container $1"
+}
+
+cleanup() {
+	local rc=$?
+	set +e
+	trap - ERR
+	if [[ -n $WRK_PID ]]; then
+		kill -TERM "$WRK_PID" 2>/dev/null
+		wait "$WRK_PID" 2>/dev/null
+	fi
+	# booksvc first: it is the client of the others.
+	stop_process "$BOOK_PID"
+	stop_process "$SVC_PID"
+	BOOK_PID=""
+	SVC_PID=""
+	if ((rc != 0)) && [[ -n $PG_NAME ]]; then
+		log "last PostgreSQL log lines:"
+		docker logs --tail 10 "$PG_NAME" 2>&1 | sed 's/^/    /' >&2
+	fi
+	remove_container "$PG_NAME"
+	remove_container "$REDIS_NAME"
+	if [[ -n $LOG_DIR && -d $LOG_DIR ]]; then
+		log "logs and raw wrk output kept in $LOG_DIR"
+	fi
+	exit "$rc"
+}
+
+# --- containers ---------------------------------------------------------------
+
+# pick_free_port: a TCP port nothing listens on right now. There is a small
+# window before the container binds it; if another program takes it
+# meanwhile, the container exits and the start-up check reports it.
+pick_free_port() {
+	local port i
+	for ((i = 0; i < 100; i++)); do
+		port=$((20000 + RANDOM % 40000))
+		if [[ -z $(ss -Hltn "sport = :$port") ]]; then
+			printf '%d\n' "$port"
+			return 0
+		fi
+	done
+	die "found no free port"
+}
+
+ensure_images() {
+	if [[ -z ${POSTGRES_IMAGE:-} || -z ${REDIS_IMAGE:-} ]]; then
+		log "building or reusing the local PostgreSQL and Redis images"
+		local exports
+		exports=$("$SCRIPT_DIR/offline-images.sh") || die "scripts/offline-images.sh failed"
+		# Images given in the environment win over the local ones.
+		local pg=${POSTGRES_IMAGE:-} redis=${REDIS_IMAGE:-}
+		eval "$exports"
+		POSTGRES_IMAGE=${pg:-$POSTGRES_IMAGE}
+		REDIS_IMAGE=${redis:-$REDIS_IMAGE}
+	fi
+	[[ -n ${POSTGRES_IMAGE:-} && -n ${REDIS_IMAGE:-} ]] || die "no POSTGRES_IMAGE or REDIS_IMAGE"
+}
+
+# run_container NAME SERVER_PORT IMAGE LISTEN_ARGS [DOCKER_RUN_OPTIONS...]:
+# starts a container on the network PG_NETWORK asks for, and sets PORT (where
+# it answers on 127.0.0.1) and INNER_PORT (where it listens inside the
+# container). On the host network, the server's address and port options are
+# the output of the function LISTEN_ARGS, called with the port picked.
+run_container() {
+	local name=$1 default_port=$2 image=$3 listen_args=$4
+	shift 4
+	local -a net_opts server_args=()
+	case $PG_NETWORK in
+	published)
+		# 127.0.0.1::PORT lets Docker choose a free host port, on loopback
+		# only.
+		INNER_PORT=$default_port
+		net_opts=(-p "127.0.0.1::$default_port")
+		;;
+	host)
+		# The host's network namespace, but listening on loopback only;
+		# connections arrive without docker-proxy in between.
+		PORT=$(pick_free_port)
+		INNER_PORT=$PORT
+		net_opts=(--network host)
+		read -r -a server_args <<<"$("$listen_args" "$PORT")"
+		;;
+	esac
+	# No --rm: when a server fails to start, its logs must still be there to
+	# show; the EXIT trap removes the container in every case.
+	docker run -d --name "$name" \
+		--label org.bookstore.purpose=bench-booksvc \
+		"$@" "${net_opts[@]}" "$image" "${server_args[@]}" >/dev/null ||
+		die "docker run of $image failed"
+	if [[ $PG_NETWORK == published ]]; then
+		local mapping
+		mapping=$(docker port "$name" "$default_port/tcp" | head -n 1)
+		PORT=${mapping##*:}
+		[[ $PORT =~ ^[0-9]+$ ]] || die "cannot tell the host port of $name (docker port said '$mapping')"
+	fi
+}
+
+pg_listen_args() { printf '%s\n' "-c listen_addresses=127.0.0.1 -c port=$1"; }
+redis_listen_args() { printf '%s\n' "--bind 127.0.0.1 --port $1"; }
+
+# Docker's userland proxy relays every byte to a published port; its CPU use
+# is reported separately. Looked up for reading /proc only.
+proxy_pid() {
+	[[ $PG_NETWORK == published ]] || return 0
+	pgrep -f -- "docker-proxy .*-host-port $1( |$)" | head -n 1 || true
+}
+
+# wait_container NAME WHAT CHECK...: polls CHECK until it succeeds.
+wait_container() {
+	local name=$1 what=$2 deadline=$((SECONDS + READY_TIMEOUT))
+	shift 2
+	until "$@" >/dev/null 2>&1; do
+		if [[ $(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null) != true ]]; then
+			docker logs --tail 10 "$name" 2>&1 | sed 's/^/    /' >&2
+			die "the $what container stopped during start-up"
+		fi
+		((SECONDS < deadline)) || die "$what not ready after ${READY_TIMEOUT}s"
+		sleep 0.5
+	done
+}
+
+PG_PORT=""
+PG_INNER_PORT=""
+PG_PID=""
+PG_PROXY_PID=""
+start_postgres() {
+	PG_NAME="bench-booksvc-pg-$$-$RANDOM"
+	DB_PASSWORD=$(random_hex)
+	log "starting PostgreSQL ($POSTGRES_IMAGE, network: $PG_NETWORK) as container $PG_NAME"
+	run_container "$PG_NAME" 5432 "$POSTGRES_IMAGE" pg_listen_args \
+		-e POSTGRES_USER="$DB_USER" \
+		-e POSTGRES_PASSWORD="$DB_PASSWORD" \
+		-e POSTGRES_DB="$DB_NAME"
+	PG_PORT=$PORT
+	PG_INNER_PORT=$INNER_PORT
+	PG_PID=$(docker inspect -f '{{.State.Pid}}' "$PG_NAME")
+	PG_PROXY_PID=$(proxy_pid "$PG_PORT")
+	# Over TCP on purpose: during initialisation the image runs a temporary
+	# server on the Unix socket only, which pg_isready would report as
+	# ready before the real server is up.
+	wait_container "$PG_NAME" PostgreSQL \
+		docker exec "$PG_NAME" pg_isready -q -h 127.0.0.1 -p "$PG_INNER_PORT" -U "$DB_USER" -d "$DB_NAME"
+	log "PostgreSQL ready on 127.0.0.1:$PG_PORT"
+}
+
+REDIS_PORT=""
+REDIS_INNER_PORT=""
+REDIS_PID=""
+REDIS_PROXY_PID=""
+start_redis() {
+	REDIS_NAME="bench-booksvc-redis-$$-$RANDOM"
+	log "starting Redis ($REDIS_IMAGE, network: $PG_NETWORK) as container $REDIS_NAME"
+	run_container "$REDIS_NAME" 6379 "$REDIS_IMAGE" redis_listen_args
+	REDIS_PORT=$PORT
+	REDIS_INNER_PORT=$INNER_PORT
+	REDIS_PID=$(docker inspect -f '{{.State.Pid}}' "$REDIS_NAME")
+	REDIS_PROXY_PID=$(proxy_pid "$REDIS_PORT")
+	wait_container "$REDIS_NAME" Redis redis_ping
+	log "Redis ready on 127.0.0.1:$REDIS_PORT"
+}
+
+redis_cli() { docker exec "$REDIS_NAME" redis-cli -p "$REDIS_INNER_PORT" "$@"; }
+redis_ping() { [[ $(redis_cli ping) == PONG ]]; }
+
+random_hex() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# --- the services -------------------------------------------------------------
+
+SVC_BIN=""
+BOOK_BIN=""
+build_services() {
+	local dir="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release"
+	SVC_BIN=$dir/storagesvc
+	BOOK_BIN=$dir/booksvc
+	if [[ $BUILD == true ]]; then
+		command -v cargo >/dev/null || die "cargo is not installed (or use --no-build with existing binaries)"
+		log "building storagesvc and booksvc (release)"
+		(cd "$ROOT_DIR" && cargo build --release -p storagesvc -p booksvc >&2) || die "cargo build failed"
+	fi
+	[[ -x $SVC_BIN ]] || die "no binary at $SVC_BIN (build it, or drop --no-build)"
+	[[ -x $BOOK_BIN ]] || die "no binary at $BOOK_BIN (build it, or drop --no-build)"
+}
+
+# A process that has exited but not yet been reaped still answers kill -0;
+# its state letter tells.
+pid_alive() {
+	kill -0 "$1" 2>/dev/null &&
+		[[ $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]]
+}
+
+service_fail() {
+	log "last $1 log lines ($2):"
+	tail -n 20 "$2" 2>/dev/null | sed 's/^/    /' >&2
+	die "$3"
+}
+
+# wait_service NAME PID LOGFILE: waits until the process listens and its
+# readiness answers 200; prints the port.
+wait_service() {
+	local name=$1 pid=$2 logfile=$3 port="" code=""
+	local deadline=$((SECONDS + READY_TIMEOUT))
+	while [[ -z $port ]]; do
+		pid_alive "$pid" || service_fail "$name" "$logfile" "$name exited during start-up"
+		port=$(ss -Hltnp 2>/dev/null |
+			awk -v pid="pid=$pid," 'index($0, pid) { n = split($4, a, ":"); print a[n]; exit }')
+		[[ -n $port ]] && break
+		((SECONDS < deadline)) || service_fail "$name" "$logfile" "$name not listening after ${READY_TIMEOUT}s"
+		sleep 0.1
+	done
+	until code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 \
+		"http://127.0.0.1:$port/.well-known/health") && [[ $code == 200 ]]; do
+		pid_alive "$pid" || service_fail "$name" "$logfile" "$name exited during start-up"
+		((SECONDS < deadline)) || service_fail "$name" "$logfile" "$name not healthy after ${READY_TIMEOUT}s (last status: ${code:-none})"
+		sleep 0.25
+	done
+	printf '%s\n' "$port"
+}
+
+# A plain `cmd &` execs the service in the forked child (env execs too), so $!
+# is the service itself, whose /proc entry gives its memory and CPU figures.
+SVC_PORT=""
+start_storagesvc() {
+	local logfile=$LOG_DIR/storagesvc.log
+	log "starting storagesvc (RUST_LOG=$LOG_LEVEL), logs in $logfile"
+	BIND_ADDR=127.0.0.1:0 \
+		DATABASE_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME" \
+		AUTH_TOKENS="$TOKEN" \
+		LOG_FORMAT=json \
+		RUST_LOG="$LOG_LEVEL" \
+		"$SVC_BIN" >"$logfile" 2>&1 </dev/null &
+	SVC_PID=$!
+	# Healthy means the database answers and migrations (with the seed books)
+	# have run.
+	SVC_PORT=$(wait_service storagesvc "$SVC_PID" "$logfile")
+	log "storagesvc healthy on 127.0.0.1:$SVC_PORT (pid $SVC_PID)"
+}
+
+BOOK_PORT=""
+start_booksvc() {
+	local logfile=$LOG_DIR/booksvc.log
+	log "starting booksvc (RUST_LOG=$LOG_LEVEL), logs in $logfile"
+	# Only the bearer token authenticates to storagesvc: other STORAGESVC_*
+	# credentials from the environment would compete with it.
+	env -u STORAGESVC_API_KEY -u STORAGESVC_BASIC_USER -u STORAGESVC_BASIC_PASSWORD \
+		-u STORAGESVC_OAUTH_TOKEN_URL -u STORAGESVC_OAUTH_CLIENT_ID -u STORAGESVC_OAUTH_CLIENT_SECRET \
+		BIND_ADDR=127.0.0.1:0 \
+		STORAGESVC_URL="http://127.0.0.1:$SVC_PORT" \
+		STORAGESVC_BEARER_TOKEN="$TOKEN" \
+		REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+		LOG_FORMAT=json \
+		RUST_LOG="$LOG_LEVEL" \
+		"$BOOK_BIN" >"$logfile" 2>&1 </dev/null &
+	BOOK_PID=$!
+	BOOK_PORT=$(wait_service booksvc "$BOOK_PID" "$logfile")
+	log "booksvc healthy on 127.0.0.1:$BOOK_PORT (pid $BOOK_PID)"
+}
+
+# get URL OUTFILE [curl options...]: the status code of one GET; the body goes
+# to OUTFILE, the headers to OUTFILE.headers.
+get() {
+	local url=$1 out=$2
+	shift 2
+	curl -s -o "$out" -D "$out.headers" -w '%{http_code}' --max-time 5 "$@" "$url" ||
+		die "GET $url failed (curl exit $?)"
+}
+
+# header FILE NAME: the value of a response header (empty when absent).
+header() {
+	awk -v name="$2" 'BEGIN { name = tolower(name) }
+		{ sub(/\r$/, "") }
+		tolower(substr($0, 1, length(name) + 1)) == name ":" { sub(/^[^:]*: */, ""); print; exit }' "$1"
+}
+
+# One request to each before the load, so that a wrong token, an empty table
+# or an unexpected answer shows up as a clear message instead of as a run full
+# of errors. The direct body is kept to compare booksvc's answers with.
+check_books() {
+	local direct=$LOG_DIR/books-direct.json via=$LOG_DIR/books-booksvc.json code status
+	code=$(get "http://127.0.0.1:$SVC_PORT/books" "$direct" -H "Authorization: Bearer $TOKEN")
+	[[ $code == 200 ]] || die "storagesvc: GET /books answered $code: $(head -c 300 "$direct")"
+	[[ $(head -c 1 "$direct") == '[' ]] || die "storagesvc: GET /books did not return a JSON list: $(head -c 300 "$direct")"
+	BOOKS_COUNT=$(grep -o '"id":' "$direct" | wc -l)
+	BOOKS_BYTES=$(wc -c <"$direct")
+	((BOOKS_COUNT > 0)) || die "GET /books returned an empty list; the seed books are missing"
+	if ((DISTINCT_KEYS > 0 && BOOKS_COUNT > 100)); then
+		die "--distinct-keys needs at most 100 books (there are $BOOKS_COUNT), so that every page is the whole list"
+	fi
+
+	code=$(get "http://127.0.0.1:$BOOK_PORT/books" "$via")
+	[[ $code == 200 ]] || die "booksvc: GET /books answered $code: $(head -c 300 "$via")"
+	status=$(header "$via.headers" cache-status)
+	[[ $status == *fwd=miss* ]] || die "booksvc: GET /books was not a fresh answer (Cache-Status: '${status:-absent}')"
+	cmp -s "$direct" "$via" || die "booksvc's GET /books body differs from storagesvc's ($direct, $via)"
+}
+
+# --- measurements -------------------------------------------------------------
+
+# proc_status_kib PID FIELD: a /proc/PID/status memory field, in KiB.
+proc_status_kib() {
+	awk -v f="$2:" '$1 == f { print $2; found = 1 } END { exit !found }' "/proc/$1/status" ||
+		die "cannot read $2 of pid $1"
+}
+
+kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# CPU time (user + system) of a process, in clock ticks; empty when it is gone.
+proc_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || true; }
+
+# CPU time of the shell's waited-for children (fields cutime + cstime), in
+# clock ticks: across one run_wrk, that is wrk's CPU time.
+children_cpu_ticks() { awk '{ print $16 + $17 }' "/proc/$$/stat"; }
+
+# container_cpu_ns PID: CPU time of the container whose main process is PID
+# (all its processes), in nanoseconds, from its cgroup: cgroup v2's cpu.stat
+# or v1's cpuacct. Prints nothing when neither can be read (or the container
+# is stopped); the figure is then left out.
+container_cpu_ns() {
+	local cg=/proc/$1/cgroup path dir
+	[[ -n $1 && -r $cg ]] || return 0
+	path=$(awk -F: '$1 == "0" && $2 == "" { print $3 }' "$cg" 2>/dev/null || true)
+	if [[ -n $path && -r /sys/fs/cgroup$path/cpu.stat ]]; then
+		awk '$1 == "usage_usec" { printf "%.0f\n", $2 * 1000 }' "/sys/fs/cgroup$path/cpu.stat"
+		return 0
+	fi
+	path=$(awk -F: '$2 ~ /(^|,)cpuacct(,|$)/ { print $3 }' "$cg" 2>/dev/null || true)
+	[[ -n $path ]] || return 0
+	for dir in /sys/fs/cgroup/cpuacct /sys/fs/cgroup/cpu,cpuacct /sys/fs/cgroup/cpuacct,cpu; do
+		if [[ -r $dir$path/cpuacct.usage ]]; then
+			cat "$dir$path/cpuacct.usage"
+			return 0
+		fi
+	done
+}
+
+# Busy and total ticks of the whole machine, from the aggregate cpu line.
+machine_ticks() {
+	awk '$1 == "cpu" {
+		total = 0; for (i = 2; i <= NF; i++) total += $i
+		print total - $5 - $6, total; exit }' /proc/stat
+}
+
+# metrics_snapshot: from one read of booksvc's /metrics, the counters that
+# explain a run, as "attempts attempt_us fallbacks from_memory probes answers
+# over_8ms": attempts sent to storagesvc and their total time in
+# microseconds; answers from the last-good store (all, and those from
+# memory); moves of the breaker to half-open (probes); GET /books answers and
+# how many of them took booksvc more than 8 ms (a bucket bound of its latency
+# histogram), from its own clock.
+metrics_snapshot() {
+	local text
+	text=$(curl -s --max-time 5 "http://127.0.0.1:$BOOK_PORT/metrics") ||
+		die "cannot read booksvc's /metrics"
+	awk '
+		function is(name) {
+			return index($1, name) == 1 &&
+				(length($1) == length(name) || substr($1, length(name) + 1, 1) == "{")
+		}
+		function has(label) { return index($1, label) > 0 }
+		/^#/ { next }
+		is("upstream_attempts_total") { attempts += $NF }
+		is("upstream_attempt_duration_seconds_sum") { attempt_us += $NF * 1e6 }
+		is("fallback_answers_total") { fallbacks += $NF; if (has("source=\"memory\"")) memory += $NF }
+		is("breaker_transitions_total") && has("to=\"half_open\"") { probes += $NF }
+		is("http_server_request_duration_seconds_count") && has("route=\"/books\"") { answers += $NF }
+		is("http_server_request_duration_seconds_bucket") && has("route=\"/books\"") {
+			if (match($1, /le="[0-9.e+-]+"/)) {
+				le = substr($1, RSTART + 4, RLENGTH - 5) + 0
+				if (le > 0.0079 && le < 0.0081) fast += $NF
+			}
+		}
+		END { printf "%d %d %d %d %d %d %d\n", attempts, attempt_us, fallbacks, memory, probes, answers, answers - fast }' <<<"$text"
+}
+
+# breaker_state: closed, open or half_open, from booksvc's readiness body.
+breaker_state() {
+	{ curl -s --max-time 5 "http://127.0.0.1:$BOOK_PORT/.well-known/health" || true; } |
+		awk 'match($0, /"breaker":"[a-z_]+"/) { s = substr($0, RSTART, RLENGTH); sub(/.*:"/, "", s); sub(/"$/, "", s); print s }'
+}
+
+# run_wrk SECONDS OUTFILE URL [HEADER]: one bounded wrk run. wrk runs in the
+# background so that the EXIT trap can stop it on Ctrl-C, and under `timeout`
+# so that a wedged wrk cannot hold the script past its duration.
+run_wrk() {
+	local secs=$1 out=$2 url=$3 rc=0
+	local -a options=()
+	[[ -z ${4:-} ]] || options=(--header "$4")
+	[[ -z $WRK_SCRIPT ]] || options+=(--script "$WRK_SCRIPT")
+	timeout --kill-after=5 "$((secs + 30))" \
+		wrk --threads "$THREADS" --connections "$CONNECTIONS" --duration "${secs}s" \
+		--timeout "$WRK_TIMEOUT" --latency "${options[@]}" \
+		"$url" >"$out" 2>&1 </dev/null &
+	WRK_PID=$!
+	wait "$WRK_PID" || rc=$?
+	WRK_PID=""
+	if ((rc != 0)); then
+		sed 's/^/    /' "$out" >&2
+		die "wrk failed (exit $rc)"
+	fi
+}
+
+# write_wrk_script: with --distinct-keys, a wrk script that sends each request
+# to the next of DISTINCT_KEYS URLs; each wrk thread starts at another point
+# of the cycle, so that threads running at the same pace do not ask for the
+# same URL at the same moment.
+WRK_SCRIPT=""
+write_wrk_script() {
+	((DISTINCT_KEYS > 0)) || return 0
+	WRK_SCRIPT=$LOG_DIR/distinct-keys.lua
+	cat >"$WRK_SCRIPT" <<EOF
+-- Written by bench-booksvc.sh: GET /books?limit=L, L cycling over
+-- $DISTINCT_KEYS values from 1000 down.
+local keys = $DISTINCT_KEYS
+local threads = 0
+
+function setup(thread)
+	thread:set("start", math.floor(threads * keys / $THREADS))
+	threads = threads + 1
+end
+
+function init(args)
+	n = start or 0
+end
+
+function request()
+	n = (n + 1) % keys
+	return wrk.format(nil, "/books?limit=" .. (1000 - n))
+end
+EOF
+}
+
+# to_ms VALUE: wrk's latency with unit (812.00us, 3.10ms, 1.02s, 2.00m) in ms.
+to_ms() {
+	awk -v v="$1" 'BEGIN {
+		if (match(v, /^[0-9.]+/) == 0) exit 1
+		n = substr(v, 1, RLENGTH); u = substr(v, RLENGTH + 1)
+		if (u == "us") f = 0.001; else if (u == "ms") f = 1; else if (u == "s") f = 1000
+		else if (u == "m") f = 60000; else if (u == "h") f = 3600000; else exit 1
+		printf "%.2f", n * f }'
+}
+
+# parse_wrk FILE: sets W_RPS, W_P50_MS, W_P99_MS, W_MAX_MS, W_REQUESTS,
+# W_NON2XX, W_SOCKET (socket error summary) and W_SOCKET_TOTAL. The
+# "Socket errors" and "Non-2xx" lines only appear when there are some.
+parse_wrk() {
+	local f=$1 p50 p99 max
+	W_RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$f")
+	p50=$(awk '$1 == "50%" { print $2 }' "$f")
+	p99=$(awk '$1 == "99%" { print $2 }' "$f")
+	max=$(awk '$1 == "Latency" && NF >= 5 { print $4; exit }' "$f")
+	W_REQUESTS=$(awk '$2 == "requests" && $3 == "in" { print $1 }' "$f")
+	W_NON2XX=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$f")
+	W_SOCKET=$(awk '/Socket errors:/ { sub(/.*Socket errors: */, ""); print }' "$f")
+	W_NON2XX=${W_NON2XX:-0}
+	W_SOCKET=${W_SOCKET:-connect 0, read 0, write 0, timeout 0}
+	W_SOCKET_TOTAL=$(awk -v s="$W_SOCKET" 'BEGIN { n = split(s, a, /[ ,]+/); t = 0
+		for (i = 2; i <= n; i += 2) t += a[i]; print t }')
+	if [[ -z $W_RPS || -z $p50 || -z $p99 || -z $max || -z $W_REQUESTS ]]; then
+		sed 's/^/    /' "$f" >&2
+		die "cannot read the figures from wrk's output ($f)"
+	fi
+	W_P50_MS=$(to_ms "$p50") || die "unexpected latency '$p50' in $f"
+	W_P99_MS=$(to_ms "$p99") || die "unexpected latency '$p99' in $f"
+	W_MAX_MS=$(to_ms "$max") || die "unexpected latency '$max' in $f"
+}
+
+# A run with any failed request is not a valid measurement: errors are cheap
+# to answer (skewing throughput up) and timeouts are left out of wrk's
+# latency percentiles (skewing them down). Such a run is recorded in
+# RUN_ERRORS, which makes the script exit non-zero, but its figures are still
+# printed (with the error counts, and "result: ERROR") since they help to find
+# out what went wrong. A run in which nothing succeeded stops the script at
+# once.
+RUN_ERRORS=()
+check_wrk_errors() {
+	local what=$1 f=$2
+	[[ $W_REQUESTS -gt 0 ]] 2>/dev/null || die "$what: wrk completed no request"
+	if [[ $W_NON2XX == 0 && $W_SOCKET_TOTAL == 0 ]]; then
+		return 0
+	fi
+	local msg="$what: $W_NON2XX of $W_REQUESTS responses not 2xx/3xx; socket errors: $W_SOCKET"
+	log "error: $msg"
+	sed 's/^/    /' "$f" >&2
+	if ((W_NON2XX >= W_REQUESTS)); then
+		die "$what: no request succeeded"
+	fi
+	RUN_ERRORS+=("$msg")
+}
+
+# verdict OP VALUE TARGET: "met" or "MISSED".
+verdict() {
+	awk -v op="$1" -v v="$2" -v t="$3" 'BEGIN {
+		ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 <= t + 0)
+		print ok ? "met" : "MISSED" }'
+}
+
+# Busy share of the machine's CPUs over one second, to warn when something
+# else (a build, tests) would compete with the benchmark.
+busy_pct() {
+	local b1 t1 b2 t2
+	read -r b1 t1 < <(machine_ticks)
+	sleep 1
+	read -r b2 t2 < <(machine_ticks)
+	awk -v b=$((b2 - b1)) -v t=$((t2 - t1)) 'BEGIN { printf "%d\n", (t > 0 ? 100 * b / t : 0) }'
+}
+
+# cores_from_ticks SECONDS BEFORE AFTER: average cores used, from process
+# clock ticks (cores_from_ns: from nanoseconds); "-" when either reading is
+# missing.
+cores_from_ticks() {
+	awk -v s="$1" -v a="$2" -v b="$3" -v hz="$CLK_TCK" 'BEGIN {
+		if (a == "" || b == "") { print "-"; exit }
+		printf "%.2f\n", (b - a) / hz / s }'
+}
+cores_from_ns() {
+	awk -v s="$1" -v a="$2" -v b="$3" 'BEGIN {
+		if (a == "" || b == "") { print "-"; exit }
+		printf "%.2f\n", (b - a) / 1e9 / s }'
+}
+
+# Results of each run, by tag; R_COUNTERS holds booksvc's counters over the
+# measured run (see metrics_snapshot).
+declare -A R_RPS R_P50 R_P99 R_MAX R_REQ R_NON2XX R_SOCKET R_CPU R_IDLE R_COUNTERS
+
+# proxy_ticks: CPU ticks of the docker-proxy processes (none with the host
+# network).
+proxy_ticks() {
+	[[ -n $PG_PROXY_PID$REDIS_PROXY_PID ]] || return 0
+	local pid sum=0 t
+	for pid in $PG_PROXY_PID $REDIS_PROXY_PID; do
+		t=$(proc_cpu_ticks "$pid")
+		sum=$((sum + ${t:-0}))
+	done
+	printf '%d\n' "$sum"
+}
+
+# measure TAG LABEL URL [HEADER]: warms up, then measures one wrk run and
+# records its figures and how the CPUs were shared during it.
+measure() {
+	local tag=$1 label=$2 url=$3 hdr=${4:-}
+	local idle
+	idle=$(busy_pct)
+	R_IDLE[$tag]=$idle
+	if ((idle > BUSY_WARN_PCT)); then
+		log "warning: the machine is already ${idle}% busy before the load starts; the figures will be lower than on an idle machine"
+	fi
+	log "$label: warming up for ${WARMUP_S}s ($CONNECTIONS connections, $THREADS threads)"
+	run_wrk "$WARMUP_S" "$LOG_DIR/wrk-$tag-warmup.txt" "$url" "$hdr"
+	parse_wrk "$LOG_DIR/wrk-$tag-warmup.txt"
+	check_wrk_errors "$label, warm-up" "$LOG_DIR/wrk-$tag-warmup.txt"
+
+	log "$label: measuring for ${DURATION_S}s"
+	local svc0 svc1 book0 book1 pg0 pg1 rd0 rd1 px0 px1 wrk0 wrk1 mb0 mt0 mb1 mt1 t0 t1 c0 c1
+	c0=$(metrics_snapshot)
+	svc0=$(proc_cpu_ticks "$SVC_PID")
+	book0=$(proc_cpu_ticks "$BOOK_PID")
+	pg0=$(container_cpu_ns "$PG_PID")
+	rd0=$(container_cpu_ns "$REDIS_PID")
+	px0=$(proxy_ticks)
+	wrk0=$(children_cpu_ticks)
+	read -r mb0 mt0 < <(machine_ticks)
+	t0=$EPOCHREALTIME
+	run_wrk "$DURATION_S" "$LOG_DIR/wrk-$tag.txt" "$url" "$hdr"
+	t1=$EPOCHREALTIME
+	read -r mb1 mt1 < <(machine_ticks)
+	wrk1=$(children_cpu_ticks)
+	px1=$(proxy_ticks)
+	rd1=$(container_cpu_ns "$REDIS_PID")
+	pg1=$(container_cpu_ns "$PG_PID")
+	book1=$(proc_cpu_ticks "$BOOK_PID")
+	svc1=$(proc_cpu_ticks "$SVC_PID")
+	c1=$(metrics_snapshot)
+	R_COUNTERS[$tag]=$(awk -v a="$c0" -v b="$c1" 'BEGIN {
+		n = split(a, x, " "); split(b, y, " ")
+		for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? " " : ""), y[i] - x[i]
+		print "" }')
+	pid_alive "$SVC_PID" || service_fail storagesvc "$LOG_DIR/storagesvc.log" "storagesvc died during the run"
+	pid_alive "$BOOK_PID" || service_fail booksvc "$LOG_DIR/booksvc.log" "booksvc died during the run"
+
+	parse_wrk "$LOG_DIR/wrk-$tag.txt"
+	check_wrk_errors "$label" "$LOG_DIR/wrk-$tag.txt"
+	R_NON2XX[$tag]=$W_NON2XX
+	R_SOCKET[$tag]=$W_SOCKET_TOTAL
+	R_RPS[$tag]=$(awk -v r="$W_RPS" 'BEGIN { printf "%d", r + 0.5 }')
+	R_P50[$tag]=$W_P50_MS
+	R_P99[$tag]=$W_P99_MS
+	R_MAX[$tag]=$W_MAX_MS
+	R_REQ[$tag]=$W_REQUESTS
+
+	local secs proxy_part=""
+	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+	if [[ -n $PG_PROXY_PID$REDIS_PROXY_PID ]]; then
+		proxy_part=", docker-proxy $(cores_from_ticks "$secs" "$px0" "$px1")"
+	fi
+	R_CPU[$tag]=$(printf 'booksvc %s, storagesvc %s, wrk %s, PostgreSQL %s, Redis %s%s; busy %s of %d CPUs' \
+		"$(cores_from_ticks "$secs" "$book0" "$book1")" \
+		"$(cores_from_ticks "$secs" "$svc0" "$svc1")" \
+		"$(cores_from_ticks "$secs" "$wrk0" "$wrk1")" \
+		"$(cores_from_ns "$secs" "$pg0" "$pg1")" \
+		"$(cores_from_ns "$secs" "$rd0" "$rd1")" \
+		"$proxy_part" \
+		"$(awk -v b=$((mb1 - mb0)) -v t=$((mt1 - mt0)) -v n="$(nproc)" 'BEGIN { printf "%.2f", (t > 0 ? n * b / t : 0) }')" \
+		"$(nproc)")
+	log "$label: ${R_RPS[$tag]} req/s, p50 ${R_P50[$tag]} ms, p99 ${R_P99[$tag]} ms"
+}
+
+# --- the two phases -----------------------------------------------------------
+
+# Phase 1: the same load on storagesvc directly and on booksvc in front of it.
+# booksvc coalesces identical concurrent reads, so it forwards fewer requests
+# than it answers; how many it forwarded is reported.
+measure_happy_path() {
+	measure direct "storagesvc directly" "http://127.0.0.1:$SVC_PORT/books" "Authorization: Bearer $TOKEN"
+	measure booksvc "booksvc, happy path" "http://127.0.0.1:$BOOK_PORT/books"
+	BOOK_HWM_HAPPY_KIB=$(proc_status_kib "$BOOK_PID" VmHWM)
+	SVC_HWM_HAPPY_KIB=$(proc_status_kib "$SVC_PID" VmHWM)
+}
+
+# Stops PostgreSQL, then asks booksvc until its breaker is open, and checks
+# that the answer it gives then is the stored one, marked stale.
+open_breaker() {
+	local keys
+	keys=$(redis_cli --scan --pattern 'booksvc:v1:*' | awk 'END { print NR }')
+	((keys > 0)) || die "booksvc stored nothing in Redis during the happy path"
+	log "last good answers stored in Redis: $keys key(s)"
+
+	log "stopping the PostgreSQL container"
+	docker stop "$PG_NAME" >/dev/null || die "docker stop $PG_NAME failed"
+	PG_PID=""
+	PG_PROXY_PID=""
+
+	local started=$EPOCHREALTIME deadline=$((SECONDS + READY_TIMEOUT)) requests=0 state=""
+	local answer=$LOG_DIR/books-stale.json code
+	until [[ $state == open ]]; do
+		((SECONDS < deadline)) || die "booksvc's breaker not open ${READY_TIMEOUT}s after the database stopped (state: ${state:-unknown})"
+		code=$(get "http://127.0.0.1:$BOOK_PORT/books" "$answer")
+		requests=$((requests + 1))
+		[[ $code == 200 ]] || die "booksvc answered $code with the database stopped: $(head -c 300 "$answer")"
+		state=$(breaker_state)
+	done
+	log "breaker open after $requests request(s), $(awk -v a="$started" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s"
+
+	code=$(get "http://127.0.0.1:$BOOK_PORT/books" "$answer")
+	[[ $code == 200 ]] || die "booksvc answered $code with the breaker open: $(head -c 300 "$answer")"
+	local status age
+	status=$(header "$answer.headers" cache-status)
+	age=$(header "$answer.headers" age)
+	[[ $status == *hit* ]] || die "booksvc's answer with the breaker open is not from its store (Cache-Status: '${status:-absent}')"
+	[[ -n $age ]] || die "booksvc's stale answer has no Age header"
+	cmp -s "$LOG_DIR/books-direct.json" "$answer" || die "booksvc's stale body differs from the one storagesvc gave ($answer)"
+	STALE_CHECK="Cache-Status: $status; Age: $age; body identical to storagesvc's"
+	log "stale answer: $STALE_CHECK"
+}
+
+# Phase 2: the same load on booksvc with the database stopped.
+measure_breaker_open() {
+	open_breaker
+	measure stale "booksvc, database stopped" "http://127.0.0.1:$BOOK_PORT/books"
+	STALE_STATE_AFTER=$(breaker_state)
+}
+
+# --- summary ------------------------------------------------------------------
+
+# row TAG LABEL: one line of the results table.
+row() {
+	printf '%-27s %7s %8s %8s %8s %9s %8s %7s\n' "$2" "${R_RPS[$1]}" "${R_P50[$1]}" "${R_P99[$1]}" \
+		"${R_MAX[$1]}" "${R_REQ[$1]}" "${R_NON2XX[$1]}" "${R_SOCKET[$1]}"
+}
+
+print_summary() {
+	local share v_share v_p99 svc_hwm book_hwm
+	share=$(awk -v b="${R_RPS[booksvc]}" -v d="${R_RPS[direct]}" 'BEGIN { printf "%.1f", (d > 0 ? 100 * b / d : 0) }')
+	v_share=$(verdict ">=" "$share" "$TARGET_SHARE_PCT")
+	v_p99=$(verdict "<=" "${R_P99[stale]}" "$TARGET_STALE_P99_MS")
+	svc_hwm=$(kib_to_mib "$(proc_status_kib "$SVC_PID" VmHWM)")
+	book_hwm=$(kib_to_mib "$(proc_status_kib "$BOOK_PID" VmHWM)")
+	local network
+	if [[ $PG_NETWORK == host ]]; then
+		network="PG_NETWORK=host: PostgreSQL and Redis on the host network, listening on 127.0.0.1 (no docker-proxy)"
+	else
+		network="PG_NETWORK=published: PostgreSQL and Redis reached through ports published on 127.0.0.1 (docker-proxy)"
+	fi
+	local model mem
+	model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+	mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+
+	echo
+	echo "booksvc benchmark: GET /books, $CONNECTIONS connections, ${DURATION_S}s per run after ${WARMUP_S}s warm-up, $THREADS wrk threads"
+	echo "machine:  $(nproc) CPUs${model:+ ($model)}, $mem RAM, $(uname -sr)"
+	echo "          load average at the start: $LOAD_BEFORE"
+	echo "          wrk, booksvc, storagesvc, PostgreSQL and Redis share these CPUs; nothing is pinned"
+	echo "network:  $network"
+	echo "logging:  RUST_LOG=$LOG_LEVEL, LOG_FORMAT=json, to files"
+	echo "books:    GET /books returns $BOOKS_COUNT books, $BOOKS_BYTES bytes"
+	if ((DISTINCT_KEYS > 0)); then
+		echo "requests: spread over $DISTINCT_KEYS URLs, /books?limit=1000 down to /books?limit=$((1001 - DISTINCT_KEYS)) (--distinct-keys)"
+	else
+		echo "requests: all GET /books (the same URL: booksvc shares one upstream call between concurrent ones)"
+	fi
+	echo
+	printf '%-27s %7s %8s %8s %8s %9s %8s %7s\n' run "req/s" "p50 ms" "p99 ms" "max ms" requests "non-2xx" "socket"
+	row direct "storagesvc directly"
+	row booksvc "booksvc, happy path"
+	row stale "booksvc, database stopped"
+	echo
+	printf '%-31s %-10s %s\n' \
+		"booksvc throughput / direct" "$share%" "(target >= $TARGET_SHARE_PCT%: $v_share)" \
+		"booksvc p99, database stopped" "${R_P99[stale]} ms" "(target <= $TARGET_STALE_P99_MS ms: $v_p99)" \
+		"peak RSS (VmHWM), storagesvc" "$svc_hwm MiB" "(after the happy path: $(kib_to_mib "$SVC_HWM_HAPPY_KIB") MiB)" \
+		"peak RSS (VmHWM), booksvc" "$book_hwm MiB" "(after the happy path: $(kib_to_mib "$BOOK_HWM_HAPPY_KIB") MiB)"
+	echo
+	local attempts attempt_us fallbacks memory probes answers slow
+	read -r attempts attempt_us fallbacks memory probes answers slow <<<"${R_COUNTERS[booksvc]}"
+	echo "happy path:       booksvc sent $attempts attempts to storagesvc for its $answers answers"
+	echo "                  (identical concurrent reads share one call); $slow answers took it over 8 ms"
+	read -r attempts attempt_us fallbacks memory probes answers slow <<<"${R_COUNTERS[stale]}"
+	echo "database stopped: every answer 200: $([[ ${R_NON2XX[stale]} == 0 && ${R_SOCKET[stale]} == 0 ]] && echo yes || echo NO);" \
+		"$fallbacks of $answers from the last-good store ($memory from memory)"
+	echo "                  breaker $STALE_STATE_AFTER at the end; $probes half-open probe(s), $attempts attempt(s) reached storagesvc$(
+		awk -v n="$attempts" -v us="$attempt_us" 'BEGIN { if (n > 0) printf ", %.0f ms each on average", us / n / 1000 }')"
+	echo "                  $slow answers took booksvc over 8 ms (readers of the same key wait for a probe)"
+	echo "                  checked before the load: $STALE_CHECK"
+	echo "note: latencies are wrk's, which corrects for coordinated omission: a slow answer also"
+	echo "      counts the answers its connection missed meanwhile, so a few long stalls weigh"
+	echo "      more than their number; 'over 8 ms' counts booksvc's own timing (its histogram)."
+	echo
+	echo "CPU, cores used on average during each measured run (machine busy in the second before it):"
+	printf '  %-26s %s (%s%% before)\n' \
+		"storagesvc directly" "${R_CPU[direct]}" "${R_IDLE[direct]}" \
+		"booksvc, happy path" "${R_CPU[booksvc]}" "${R_IDLE[booksvc]}" \
+		"booksvc, database stopped" "${R_CPU[stale]}" "${R_IDLE[stale]}"
+	echo
+	if ((${#RUN_ERRORS[@]} > 0)); then
+		echo "result: ERROR, the figures are not valid:"
+		printf '        %s\n' "${RUN_ERRORS[@]}"
+	elif [[ $v_share == met && $v_p99 == met ]]; then
+		echo "result: all targets met"
+	else
+		echo "result: targets MISSED (see the lines marked MISSED above)"
+	fi
+	echo "raw wrk output and logs: $LOG_DIR"
+}
+
+main() {
+	parse_args "$@"
+	validate_settings
+	check_tools
+
+	trap cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+
+	if [[ -z $LOG_DIR ]]; then
+		LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/bench-booksvc.XXXXXX")
+	else
+		mkdir -p -- "$LOG_DIR"
+		LOG_DIR=$(cd -- "$LOG_DIR" && pwd)
+	fi
+	CLK_TCK=$(getconf CLK_TCK)
+	LOAD_BEFORE=$(awk '{ print $1, $2, $3 }' /proc/loadavg)
+
+	local started=$SECONDS
+	log "load average: $LOAD_BEFORE; PostgreSQL and Redis networking: PG_NETWORK=$PG_NETWORK"
+	build_services
+	ensure_images
+	start_postgres
+	start_redis
+	# A fresh random credential per run: the services only ever listen on
+	# loopback, but no fixed token should be needed to reach them.
+	TOKEN=bench-$(random_hex)
+	start_storagesvc
+	start_booksvc
+	check_books
+	write_wrk_script
+
+	log "phase 1: happy path"
+	measure_happy_path
+	log "phase 2: database stopped, breaker open"
+	measure_breaker_open
+
+	print_summary | tee "$LOG_DIR/summary.txt"
+	log "done in $((SECONDS - started))s"
+	if ((${#RUN_ERRORS[@]} > 0)); then
+		die "requests failed during the load; see above"
+	fi
+}
+
+main "$@"
