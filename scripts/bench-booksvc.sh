@@ -88,7 +88,7 @@ run. Everything started is stopped on exit, also on failure or Ctrl-C.
 Needs: cargo, docker (engine running), curl, ss, and wrk (installed with
 apt-get if missing, which needs root or sudo).
 
-Options (each also read from the environment variable in capitals):
+Options:
   --quick            smoke check: 5s runs after 2s warm-ups (unless
                      --duration/--warmup say otherwise)
   --no-build         use the existing release binaries instead of cargo build
