@@ -89,29 +89,87 @@ pub enum CallError<T> {
     },
 }
 
-/// Told of every attempt's outcome and duration, timed-out ones included (for metrics).
+/// Why no retry followed a failed, retryable attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRefusal {
+    /// The retry policy's maximum number of retries was reached.
+    Exhausted,
+    /// The breaker is open: the fallback answers instead.
+    BreakerOpen,
+    /// The wait plus another attempt would not end before the deadline.
+    Deadline,
+    /// The retry budget is spent: the upstream is not sent more than its share of retries.
+    Budget,
+}
+
+impl RetryRefusal {
+    /// A short, stable name, used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exhausted => "exhausted",
+            Self::BreakerOpen => "breaker_open",
+            Self::Deadline => "deadline",
+            Self::Budget => "budget",
+        }
+    }
+}
+
+/// What the retry step decided after a failed, retryable attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Another attempt starts after `delay`.
+    Retry { delay: Duration },
+    /// No retry; the call fails with this attempt's outcome.
+    Refused(RetryRefusal),
+}
+
+type OnAttempt = dyn Fn(AttemptOutcome, Duration) + Send + Sync;
+type OnRetry = dyn Fn(AttemptOutcome, RetryDecision) + Send + Sync;
+
+/// Told of every attempt's outcome and duration, timed-out ones included, and of every
+/// retry decision (for metrics and logs).
 #[derive(Clone, Default)]
-pub struct AttemptObserver(Option<Arc<dyn Fn(AttemptOutcome, Duration) + Send + Sync>>);
+pub struct AttemptObserver {
+    on_attempt: Option<Arc<OnAttempt>>,
+    on_retry: Option<Arc<OnRetry>>,
+}
 
 impl AttemptObserver {
-    pub fn new(observe: impl Fn(AttemptOutcome, Duration) + Send + Sync + 'static) -> Self {
-        Self(Some(Arc::new(observe)))
+    pub fn new(on_attempt: impl Fn(AttemptOutcome, Duration) + Send + Sync + 'static) -> Self {
+        Self {
+            on_attempt: Some(Arc::new(on_attempt)),
+            on_retry: None,
+        }
     }
 
-    fn observe(&self, outcome: AttemptOutcome, took: Duration) {
-        if let Some(observe) = &self.0 {
+    /// Also tells `on_retry` what followed each failed, retryable attempt.
+    pub fn with_retries(
+        mut self,
+        on_retry: impl Fn(AttemptOutcome, RetryDecision) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_retry = Some(Arc::new(on_retry));
+        self
+    }
+
+    fn attempt(&self, outcome: AttemptOutcome, took: Duration) {
+        if let Some(observe) = &self.on_attempt {
             observe(outcome, took);
+        }
+    }
+
+    fn retry(&self, after: AttemptOutcome, decision: RetryDecision) {
+        if let Some(observe) = &self.on_retry {
+            observe(after, decision);
         }
     }
 }
 
 impl std::fmt::Debug for AttemptObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "AttemptObserver(set)"
-        } else {
-            "AttemptObserver(none)"
-        })
+        f.debug_struct("AttemptObserver")
+            .field("on_attempt", &self.on_attempt.is_some())
+            .field("on_retry", &self.on_retry.is_some())
+            .finish()
     }
 }
 
@@ -141,6 +199,28 @@ impl Resilience {
         F: Fn(Duration) -> Fut,
         Fut: Future<Output = Attempted<T>>,
     {
+        self.call_with(self.retry, attempt).await
+    }
+
+    /// Like [`call`](Self::call), but never retries: for a request that is not safe to
+    /// send twice (a write without an idempotency key).
+    pub async fn call_once<T, F, Fut>(&self, attempt: F) -> Result<T, CallError<T>>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = Attempted<T>>,
+    {
+        let no_retries = RetryPolicy {
+            max_retries: 0,
+            ..self.retry
+        };
+        self.call_with(no_retries, attempt).await
+    }
+
+    async fn call_with<T, F, Fut>(&self, retry: RetryPolicy, attempt: F) -> Result<T, CallError<T>>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = Attempted<T>>,
+    {
         let deadline = Instant::now() + self.limits.deadline;
         // Atomic rather than a `Cell` so the call stays `Send` (it is awaited in handlers).
         let attempts = AtomicUsize::new(0);
@@ -150,29 +230,24 @@ impl Resilience {
             attempts.fetch_add(1, Ordering::Relaxed);
             self.attempt_once(deadline, &attempt)
         })
-        .retry(self.retry.backoff())
+        .retry(retry.backoff())
         .sleep(tokio::time::sleep)
         .when(|failure: &Failure<T>| {
             failure.outcome.is_retryable() && failure.breaker_open.is_none()
         })
         .adjust(|failure: &Failure<T>, backoff: Option<Duration>| {
-            // The upstream's own delay (429 + Retry-After) replaces the backoff.
-            let delay = failure.outcome.requested_delay().or(backoff)?;
-            if self.breaker.state() == BreakerState::Open {
-                tracing::debug!("no retry: the circuit breaker is open");
-                return None;
+            let decision = self.retry_decision(failure.outcome, backoff, deadline);
+            self.observer.retry(failure.outcome, decision);
+            match decision {
+                RetryDecision::Retry { delay } => {
+                    tracing::debug!(?delay, outcome = failure.outcome.class(), "retrying");
+                    Some(delay)
+                }
+                RetryDecision::Refused(reason) => {
+                    tracing::debug!(reason = reason.as_str(), "no retry");
+                    None
+                }
             }
-            let attempt_ends = Instant::now() + delay + self.limits.attempt_timeout;
-            if attempt_ends > deadline {
-                tracing::debug!(?delay, "no retry: it could not finish within the deadline");
-                return None;
-            }
-            if !self.budget.try_retry() {
-                tracing::debug!("no retry: the retry budget is spent");
-                return None;
-            }
-            tracing::debug!(?delay, outcome = failure.outcome.class(), "retrying");
-            Some(delay)
         })
         .await;
 
@@ -185,6 +260,32 @@ impl Resilience {
                 attempts,
             },
         })
+    }
+
+    /// Whether a failed, retryable attempt is followed by another, and after how long.
+    /// `backoff` is the policy's next delay, `None` once its retries are used up.
+    fn retry_decision(
+        &self,
+        outcome: AttemptOutcome,
+        backoff: Option<Duration>,
+        deadline: Instant,
+    ) -> RetryDecision {
+        let Some(backoff) = backoff else {
+            return RetryDecision::Refused(RetryRefusal::Exhausted);
+        };
+        // The upstream's own delay (429 + Retry-After) replaces the backoff.
+        let delay = outcome.requested_delay().unwrap_or(backoff);
+        if self.breaker.state() == BreakerState::Open {
+            return RetryDecision::Refused(RetryRefusal::BreakerOpen);
+        }
+        if Instant::now() + delay + self.limits.attempt_timeout > deadline {
+            return RetryDecision::Refused(RetryRefusal::Deadline);
+        }
+        // Asked last: a refused retry for another reason does not spend the budget.
+        if !self.budget.try_retry() {
+            return RetryDecision::Refused(RetryRefusal::Budget);
+        }
+        RetryDecision::Retry { delay }
     }
 
     async fn attempt_once<T, F, Fut>(&self, deadline: Instant, attempt: &F) -> Result<T, Failure<T>>
@@ -204,7 +305,7 @@ impl Resilience {
             .min(deadline.saturating_duration_since(Instant::now()));
         match tokio::time::timeout(budget, attempt(budget)).await {
             Ok(attempted) => {
-                self.observer.observe(attempted.outcome, started.elapsed());
+                self.observer.attempt(attempted.outcome, started.elapsed());
                 permit.record(attempted.outcome.breaker_verdict(), attempted.retry_after);
                 match attempted.outcome.breaker_verdict() {
                     super::BreakerVerdict::Failure => Err(Failure {
@@ -217,7 +318,7 @@ impl Resilience {
             }
             Err(_) => {
                 let outcome = AttemptOutcome::TimedOut;
-                self.observer.observe(outcome, started.elapsed());
+                self.observer.attempt(outcome, started.elapsed());
                 permit.record(outcome.breaker_verdict(), None);
                 Err(Failure {
                     outcome,
@@ -463,6 +564,91 @@ mod tests {
             ms(500),
             "the timed-out attempt took the attempt timeout"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn call_once_never_retries() {
+        let resilience = resilience();
+        let upstream = Upstream::new(&[(0, ServerError), (0, Success)]);
+        match resilience
+            .call_once(|budget| Arc::clone(&upstream).attempt(budget))
+            .await
+        {
+            Err(CallError::Failed {
+                outcome: ServerError,
+                attempts: 1,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(upstream.starts().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_retries_stop_at_the_maximum_too() {
+        let throttled = Throttled {
+            retry_after: Some(ms(10)),
+        };
+        let upstream = Upstream::new(&[(0, throttled); 10]);
+        assert!(matches!(
+            run(&resilience(), &upstream).await,
+            Err(CallError::Failed { attempts: 3, .. })
+        ));
+        assert_eq!(upstream.starts().len(), 3, "one attempt and two retries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_observer_is_told_every_retry_decision() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let resilience = Resilience {
+            observer: AttemptObserver::default()
+                .with_retries(move |after, decision| log.lock().unwrap().push((after, decision))),
+            ..resilience()
+        };
+        let upstream = Upstream::new(&[(0, ServerError), (0, Unreachable), (0, ServerError)]);
+        let _ = run(&resilience, &upstream).await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(matches!(
+            seen[0],
+            (ServerError, RetryDecision::Retry { .. })
+        ));
+        assert!(matches!(
+            seen[1],
+            (Unreachable, RetryDecision::Retry { .. })
+        ));
+        assert_eq!(
+            seen[2],
+            (ServerError, RetryDecision::Refused(RetryRefusal::Exhausted))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_is_reported_as_the_reason_for_no_retry() {
+        let refusals = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&refusals);
+        let resilience = Resilience {
+            breaker: CircuitBreaker::new(BreakerConfig {
+                consecutive_failures: 1000,
+                min_calls: 1000,
+                ..Default::default()
+            }),
+            observer: AttemptObserver::default().with_retries(move |_, decision| {
+                if let RetryDecision::Refused(reason) = decision {
+                    log.lock().unwrap().push(reason);
+                }
+            }),
+            ..resilience()
+        };
+        let upstream = Upstream::new(&[(0, ServerError); 1000]);
+        for _ in 0..10 {
+            let _ = run(&resilience, &upstream).await;
+        }
+        // 10 requests allow 3 + 2 retries; every later first failure finds the budget spent.
+        assert_eq!(upstream.starts().len(), 10 + 5);
+        let refusals = refusals.lock().unwrap();
+        assert!(refusals.contains(&RetryRefusal::Budget), "{refusals:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,9 @@ mod window;
 
 pub use breaker::{BreakerConfig, BreakerOpen, BreakerPermit, BreakerState, CircuitBreaker};
 pub use budget::{RetryBudget, RetryBudgetConfig};
-pub use call::{AttemptObserver, Attempted, CallError, CallLimits, Resilience, RetryPolicy};
+pub use call::{
+    AttemptObserver, Attempted, CallError, CallLimits, Resilience, RetryDecision, RetryPolicy,
+    RetryRefusal,
+};
 pub use outcome::{AttemptOutcome, BreakerVerdict};
 pub use retry_after::parse_retry_after;
