@@ -1,7 +1,7 @@
 //! RFC 9211 `Cache-Status` values, with the cache name `booksvc`, and the `Age` header.
 //!
-//! Two answers exist: a fresh one, forwarded to storagesvc and then stored; and a fallback,
-//! served from the last-good store because the upstream failed.
+//! A read is either fresh, forwarded to storagesvc and then stored, or a fallback, served
+//! from the last-good store because the upstream failed. A write is always forwarded.
 
 use std::time::Duration;
 
@@ -17,6 +17,11 @@ pub fn forwarded_and_stored() -> String {
 /// Forwarded, but the response was not stored (a non-2xx answer, for example).
 pub fn forwarded_not_stored() -> String {
     format!("{CACHE_NAME}; fwd=miss")
+}
+
+/// Forwarded because of the method: writes are never answered by, nor stored in, the cache.
+pub fn forwarded_uncacheable() -> String {
+    format!("{CACHE_NAME}; fwd=method")
 }
 
 /// Served from the store because the upstream failed; `detail` says how.
@@ -37,6 +42,7 @@ mod tests {
     fn values_follow_rfc_9211() {
         assert_eq!(forwarded_and_stored(), "booksvc; fwd=miss; stored");
         assert_eq!(forwarded_not_stored(), "booksvc; fwd=miss");
+        assert_eq!(forwarded_uncacheable(), "booksvc; fwd=method");
         assert_eq!(
             stale_hit("upstream-unavailable"),
             "booksvc; hit; detail=upstream-unavailable"

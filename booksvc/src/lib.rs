@@ -3,7 +3,8 @@
 //! A read goes `startup` (router, layers) → `read_path` (`coalesce`, then fallback) →
 //! `upstream` (the
 //! service client under `shared::resilience`) → storagesvc, and back through `last_good`
-//! (stored on success, recalled on failure), marked with `cache_status`.
+//! (stored on success, recalled on failure), marked with `cache_status`. A write goes
+//! `write_path` → `upstream`, never through the store.
 
 pub mod cache_status;
 mod coalesce;
@@ -12,6 +13,7 @@ pub mod last_good;
 mod read_path;
 mod startup;
 mod upstream;
+mod write_path;
 
 pub use config::Config;
 pub use startup::Application;

@@ -147,20 +147,17 @@ fn describe(failure: &CallError<AttemptValue>) -> String {
 
 fn content_type_text(response: &UpstreamResponse) -> String {
     response
-        .content_type
-        .as_ref()
+        .content_type()
         .and_then(|value| value.to_str().ok())
         .unwrap_or("application/json")
         .to_owned()
 }
 
-fn forwarded(response: UpstreamResponse, cache_status: String) -> Response {
-    let mut answer = (response.status, response.body).into_response();
-    let headers = answer.headers_mut();
-    if let Some(content_type) = response.content_type {
-        headers.insert(header::CONTENT_TYPE, content_type);
-    }
-    insert_text(headers, CACHE_STATUS, &cache_status);
+/// storagesvc's answer as it came (status, body, the headers it passes on), marked with
+/// `cache_status`.
+pub fn forwarded(response: UpstreamResponse, cache_status: String) -> Response {
+    let mut answer = (response.status, response.headers, response.body).into_response();
+    insert_text(answer.headers_mut(), CACHE_STATUS, &cache_status);
     answer
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::FromRef;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -28,6 +29,14 @@ use crate::config::Config;
 use crate::last_good::{LastGoodConfig, LastGoodStore};
 use crate::read_path::{self, ReadPath};
 use crate::upstream::Upstream;
+use crate::write_path;
+
+/// What the handlers share: reads take the read path, writes the bare upstream.
+#[derive(Clone, FromRef)]
+struct Routes {
+    read_path: ReadPath,
+    upstream: Upstream,
+}
 
 /// Builds booksvc: `Application::build(config, storagesvc)` gives the bound, fully wired
 /// service.
@@ -94,12 +103,20 @@ impl Application {
             .optional("storagesvc", StoragesvcCheck(upstream.clone()))
             .optional("redis", RedisCheck(store.clone()))
             .build();
-        let read_path = ReadPath::new(upstream, store, &mut registry);
+        let state = Routes {
+            read_path: ReadPath::new(upstream.clone(), store, &mut registry),
+            upstream,
+        };
         let routes = Router::new()
             .route("/", get(read_path::read))
-            .route("/books", get(read_path::read))
-            .route("/books/{id}", get(read_path::read))
-            .with_state(read_path);
+            .route("/books", get(read_path::read).post(write_path::write))
+            .route(
+                "/books/{id}",
+                get(read_path::read)
+                    .put(write_path::write)
+                    .delete(write_path::write),
+            )
+            .with_state(state);
         let router = with_common_layers(
             routes
                 .merge(health.routes())

@@ -10,21 +10,50 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use shared::client::{ClientError, ServiceClient, TokenError};
+use shared::deadline::REQUEST_TIMEOUT_HEADER;
 use shared::metrics::latency_histogram;
 use shared::resilience::{
-    AttemptObserver, AttemptOutcome, Attempted, CallError, Resilience, parse_retry_after,
+    AttemptObserver, AttemptOutcome, Attempted, CallError, Resilience, RetryDecision,
+    parse_retry_after,
 };
 
-/// Tells storagesvc how long this attempt may take, so it can give up on work nobody waits for.
-pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+/// Response headers of storagesvc that booksvc passes on to its caller.
+const PASSED_ON: [header::HeaderName; 3] =
+    [header::CONTENT_TYPE, header::LOCATION, header::RETRY_AFTER];
 
 /// A complete upstream answer (the body is read inside the attempt, so the attempt
 /// timeout covers it too).
 #[derive(Debug, Clone)]
 pub struct UpstreamResponse {
     pub status: StatusCode,
-    pub content_type: Option<HeaderValue>,
+    /// Only the headers booksvc passes on: content type, `Location`, `Retry-After`.
+    pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl UpstreamResponse {
+    pub fn content_type(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::CONTENT_TYPE)
+    }
+}
+
+/// One request to storagesvc, sent as often as the policies allow.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub method: Method,
+    pub path_and_query: String,
+    /// Sent on every attempt (content type, `Idempotency-Key`).
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+}
+
+/// Whether a request may be sent again after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// Reads, and writes carrying an `Idempotency-Key`: sending twice changes nothing.
+    Allowed,
+    /// Writes without a key: a retry after a timeout could apply the write twice.
+    Never,
 }
 
 /// What an attempt hands back: an answer, or why there is none.
@@ -33,6 +62,17 @@ pub type AttemptValue = Result<UpstreamResponse, String>;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    /// The outcome class of the failed attempt.
+    after: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
 }
 
 /// storagesvc behind the policies; cheap to clone.
@@ -44,10 +84,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// Wraps `client` in `resilience`, counting every attempt (timed-out ones included,
-    /// which only the resilience layer sees) by outcome, with its duration.
+    /// which only the resilience layer sees) by outcome, with its duration, and every retry
+    /// made or refused.
     pub fn new(client: ServiceClient, mut resilience: Resilience, registry: &mut Registry) -> Self {
         let attempts = Family::<OutcomeLabels, Counter>::default();
         let latency = latency_histogram();
+        let retries = Family::<RetryLabels, Counter>::default();
+        let refused = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "upstream_attempts",
             "HTTP attempts to storagesvc, by outcome class (table 4.2)",
@@ -58,6 +101,16 @@ impl Upstream {
             "Duration of each attempt to storagesvc",
             latency.clone(),
         );
+        registry.register(
+            "upstream_retries",
+            "Retries to storagesvc, by the outcome of the attempt that failed",
+            retries.clone(),
+        );
+        registry.register(
+            "upstream_retries_refused",
+            "Failed retryable attempts not retried, by reason (exhausted, breaker_open, deadline, budget)",
+            refused.clone(),
+        );
         resilience.observer = AttemptObserver::new(move |outcome, took| {
             attempts
                 .get_or_create(&OutcomeLabels {
@@ -65,6 +118,22 @@ impl Upstream {
                 })
                 .inc();
             latency.observe(took.as_secs_f64());
+        })
+        .with_retries(move |after, decision| match decision {
+            RetryDecision::Retry { .. } => {
+                retries
+                    .get_or_create(&RetryLabels {
+                        after: after.class(),
+                    })
+                    .inc();
+            }
+            RetryDecision::Refused(reason) => {
+                refused
+                    .get_or_create(&RefusalLabels {
+                        reason: reason.as_str(),
+                    })
+                    .inc();
+            }
         });
         Self { client, resilience }
     }
@@ -79,33 +148,65 @@ impl Upstream {
 
     /// `GET path_and_query` under deadline, retries, breaker and attempt timeout.
     pub async fn get(&self, path_and_query: &str) -> Result<AttemptValue, CallError<AttemptValue>> {
-        self.resilience
-            .call(|budget| self.attempt(path_and_query, budget))
-            .await
+        let request = UpstreamRequest {
+            method: Method::GET,
+            path_and_query: path_and_query.to_owned(),
+            headers: HeaderMap::new(),
+            body: None,
+        };
+        self.send(&request, Retries::Allowed).await
     }
 
-    async fn attempt(&self, path_and_query: &str, budget: Duration) -> Attempted<AttemptValue> {
-        let mut headers = HeaderMap::new();
+    /// Any request, under deadline, breaker and attempt timeout, and retried only when
+    /// `retries` allows it.
+    pub async fn send(
+        &self,
+        request: &UpstreamRequest,
+        retries: Retries,
+    ) -> Result<AttemptValue, CallError<AttemptValue>> {
+        let attempt = |budget| self.attempt(request, budget);
+        match retries {
+            Retries::Allowed => self.resilience.call(attempt).await,
+            Retries::Never => self.resilience.call_once(attempt).await,
+        }
+    }
+
+    async fn attempt(
+        &self,
+        request: &UpstreamRequest,
+        budget: Duration,
+    ) -> Attempted<AttemptValue> {
+        let mut headers = request.headers.clone();
         headers.insert(
             REQUEST_TIMEOUT_HEADER,
             HeaderValue::from(budget.as_millis() as u64),
         );
-        match self
+        let sent = self
             .client
-            .execute(Method::GET, path_and_query, headers, None)
-            .await
-        {
+            .execute(
+                request.method.clone(),
+                &request.path_and_query,
+                headers,
+                request.body.clone(),
+            )
+            .await;
+        match sent {
             Ok(response) => {
                 let status = response.status();
                 let retry_after = parse_retry_after(response.headers(), SystemTime::now());
-                let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+                let mut headers = HeaderMap::new();
+                for name in PASSED_ON {
+                    if let Some(value) = response.headers().get(&name) {
+                        headers.insert(name, value.clone());
+                    }
+                }
                 match response.bytes().await {
                     Ok(body) => Attempted {
                         outcome: AttemptOutcome::from_status(status, retry_after),
                         retry_after,
                         value: Ok(UpstreamResponse {
                             status,
-                            content_type,
+                            headers,
                             body,
                         }),
                     },

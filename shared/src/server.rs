@@ -26,7 +26,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Wraps a service's complete router (its routes, health, metrics) in the layers every
 /// service has, outermost first: request id, trace context (which the request span and
-/// outgoing calls read), request span and access log, panic guard, metrics, body limit.
+/// outgoing calls read), the caller's deadline, request span and access log, panic guard, metrics, body limit.
 /// Unknown routes and methods answer problem documents.
 pub fn with_common_layers(router: Router, http_metrics: HttpMetrics) -> Router {
     router
@@ -42,6 +42,7 @@ pub fn with_common_layers(router: Router, http_metrics: HttpMetrics) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(axum::middleware::from_fn(crate::trace_context::propagate))
+                .layer(axum::middleware::from_fn(crate::deadline::propagate))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)

@@ -9,6 +9,9 @@
 //!   cannot hold a request longer. PostgreSQL's own `statement_timeout` is set to the same,
 //!   so the server also stops work nobody waits for.
 //!
+//! Both shrink to the caller's deadline (`x-request-timeout-ms`, see `shared::deadline`)
+//! when it is nearer: the caller then reads our 503 instead of timing out on us.
+//!
 //! Only connections idle for a while are pinged before use: one used a moment ago is
 //! almost surely alive, and pinging every time would double the round trips per request.
 //! A connection broken since its last use fails its query at once, which is a fast 503.
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use shared::deadline;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
@@ -110,6 +114,7 @@ pub enum CreateOutcome {
 /// The books store: a lazily connecting pool plus the bounds above.
 pub struct Database {
     pool: PgPool,
+    acquire_timeout: Duration,
     query_timeout: Duration,
     schema_ready: AtomicBool,
     /// Last reachability seen by the watcher: one of the `REACHABILITY_*` values.
@@ -155,6 +160,7 @@ impl Database {
         );
         Arc::new(Self {
             pool,
+            acquire_timeout,
             query_timeout,
             schema_ready: AtomicBool::new(false),
             reachability: AtomicU8::new(REACHABILITY_UNKNOWN),
@@ -172,14 +178,31 @@ impl Database {
         if !self.schema_ready.load(Ordering::Acquire) {
             return Err(DbError::SchemaNotReady);
         }
-        let mut connection = self.pool.acquire().await?;
-        match tokio::time::timeout(self.query_timeout, operation(&mut connection)).await {
+        // Each bound shrinks to what is left of the caller's own deadline, if it sent one,
+        // so the caller gets this 503 rather than giving up on us first.
+        let acquire_within = deadline::bounded(self.acquire_timeout);
+        let mut connection = match tokio::time::timeout(acquire_within, self.pool.acquire()).await {
+            Ok(connection) => connection?,
+            Err(_) => {
+                return Err(DbError::Unavailable(format!(
+                    "no connection within {acquire_within:?}"
+                )));
+            }
+        };
+        let query_within = deadline::bounded(self.query_timeout);
+        if query_within.is_zero() {
+            // The caller's time ran out while waiting for the connection; it goes back to
+            // the pool unused.
+            return Err(DbError::Unavailable(
+                "the caller's deadline passed before the query could start".into(),
+            ));
+        }
+        match tokio::time::timeout(query_within, operation(&mut connection)).await {
             Ok(result) => result.map_err(DbError::from),
             Err(_) => {
                 drop(connection.detach());
                 Err(DbError::Unavailable(format!(
-                    "no answer within {:?}",
-                    self.query_timeout
+                    "no answer within {query_within:?}"
                 )))
             }
         }

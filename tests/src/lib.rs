@@ -6,6 +6,7 @@
 pub mod booksvc;
 pub mod containers;
 pub mod poll;
+pub mod proxy;
 pub mod server;
 pub mod storagesvc;
 

@@ -1,0 +1,140 @@
+//! The write path: `POST /books`, `PUT /books/{id}`, `DELETE /books/{id}`.
+//!
+//! A write goes to storagesvc through the same client and policies as a read (deadline,
+//! breaker, attempt timeout) but never through coalescing or the last-good store: a write
+//! answered from a cache would be a lie. It is retried only when the caller sent an
+//! `Idempotency-Key`, which is forwarded, so storagesvc recognises the retry and answers it
+//! with the first response; without a key a write is sent once, because an attempt that
+//! timed out may still have been applied and a retry could create a second book.
+//!
+//! Whatever storagesvc answers (201, 404, 422, its own 503 + `Retry-After`) is passed on as
+//! it came. Only when there is no answer does booksvc write the problem itself.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::HeaderName;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use shared::Problem;
+use shared::extract::Body;
+use shared::resilience::{AttemptOutcome, CallError};
+
+use crate::cache_status;
+use crate::read_path::forwarded;
+use crate::upstream::{AttemptValue, Retries, Upstream, UpstreamRequest};
+
+/// The caller's key that makes a write safe to retry (forwarded to storagesvc as is).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Request headers passed on to storagesvc.
+const PASSED_ON: [HeaderName; 2] = [header::CONTENT_TYPE, IDEMPOTENCY_KEY];
+
+/// How long a caller is asked to wait when storagesvc could not be reached at all.
+const UNREACHABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// `POST /books`, `PUT /books/{id}`, `DELETE /books/{id}`.
+pub async fn write(
+    State(upstream): State<Upstream>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Response {
+    let mut passed_on = HeaderMap::new();
+    for name in PASSED_ON {
+        if let Some(value) = headers.get(&name) {
+            passed_on.insert(name, value.clone());
+        }
+    }
+    let retries = if passed_on.contains_key(IDEMPOTENCY_KEY) {
+        Retries::Allowed
+    } else {
+        Retries::Never
+    };
+    let request = UpstreamRequest {
+        method,
+        path_and_query: uri
+            .path_and_query()
+            .map_or(uri.path(), |target| target.as_str())
+            .to_owned(),
+        headers: passed_on,
+        body: (!body.is_empty()).then_some(body),
+    };
+    match upstream.send(&request, retries).await {
+        Ok(Ok(response)) => forwarded(response, cache_status::forwarded_uncacheable()),
+        Ok(Err(reason)) => {
+            tracing::error!(%reason, "storagesvc cannot be asked");
+            Problem::new(StatusCode::BAD_GATEWAY, "upstream-misconfigured", reason).into_response()
+        }
+        Err(failure) => failed(&request, retries, failure),
+    }
+}
+
+/// The answer to a write whose last attempt failed.
+fn failed(
+    request: &UpstreamRequest,
+    retries: Retries,
+    failure: CallError<AttemptValue>,
+) -> Response {
+    let target = format!("{} {}", request.method, request.path_and_query);
+    match failure {
+        CallError::BreakerOpen(open) => {
+            tracing::warn!(%target, "write refused: the circuit breaker for storagesvc is open");
+            Problem::unavailable(
+                "storagesvc-unavailable",
+                format!(
+                    "storagesvc is failing; the write was not sent (circuit open for another {:?})",
+                    open.retry_in
+                ),
+                open.retry_in,
+            )
+            .into_response()
+        }
+        // storagesvc answered (a 5xx, a 429): its answer, with its `Retry-After`, is passed on.
+        CallError::Failed {
+            last: Some(Ok(response)),
+            attempts,
+            ..
+        } => {
+            tracing::warn!(%target, status = %response.status, attempts, "write failed in storagesvc");
+            forwarded(response, cache_status::forwarded_uncacheable())
+        }
+        CallError::Failed {
+            outcome: AttemptOutcome::TimedOut,
+            attempts,
+            ..
+        } => {
+            tracing::warn!(%target, attempts, "write timed out; it may have been applied");
+            let advice = match retries {
+                Retries::Allowed => "retry with the same Idempotency-Key",
+                Retries::Never => "send an Idempotency-Key to make retrying safe",
+            };
+            Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                format!(
+                    "storagesvc did not answer in time after {attempts} attempt(s); the write may have been applied: {advice}"
+                ),
+            )
+            .into_response()
+        }
+        CallError::Failed {
+            outcome,
+            last,
+            attempts,
+        } => {
+            let reason = match last {
+                Some(Err(reason)) => reason,
+                _ => outcome.class().to_owned(),
+            };
+            tracing::warn!(%target, %reason, attempts, "write got no answer from storagesvc");
+            Problem::unavailable(
+                "storagesvc-unavailable",
+                format!("no answer from storagesvc after {attempts} attempt(s): {reason}"),
+                UNREACHABLE_RETRY_AFTER,
+            )
+            .into_response()
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Writes through booksvc, with everything real: they reach storagesvc and the database,
+//! are never answered from the last-good store, and are retried only when the caller sent
+//! an `Idempotency-Key` (the database is paused so that an attempt really times out).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::json;
+use system_tests::booksvc::{REQUEST_DEADLINE, TestBooksvc};
+use system_tests::containers::{Faults, Postgres, Redis};
+use system_tests::proxy::HoldingProxy;
+use system_tests::storagesvc::{TestStoragesvc, assert_problem};
+
+/// `Cache-Status` of every write: forwarded because of its method, never stored.
+const FORWARDED_WRITE: &str = "booksvc; fwd=method";
+
+struct Stack {
+    db: Postgres,
+    _redis: Redis,
+    storagesvc: TestStoragesvc,
+    booksvc: TestBooksvc,
+}
+
+async fn stack_with(storagesvc_flags: &[&str], booksvc_flags: &[&str]) -> Stack {
+    let (db, redis) = tokio::join!(Postgres::start(), Redis::start());
+    let storagesvc = TestStoragesvc::spawn(&db.url(), storagesvc_flags).await;
+    storagesvc.wait_until_ready(Duration::from_secs(30)).await;
+    let booksvc = TestBooksvc::spawn(storagesvc.address, &redis.url(), booksvc_flags).await;
+    Stack {
+        db,
+        _redis: redis,
+        storagesvc,
+        booksvc,
+    }
+}
+
+async fn send(
+    booksvc: &TestBooksvc,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    idempotency_key: Option<&str>,
+) -> Response {
+    let mut request = booksvc.http.request(method, booksvc.url(path));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    if let Some(key) = idempotency_key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await.expect("the write reaches booksvc")
+}
+
+fn header(response: &Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|value| value.to_str().unwrap().to_owned())
+}
+
+/// Books in the database (asked of storagesvc directly) with this title.
+async fn books_titled(storagesvc: &TestStoragesvc, title: &str) -> usize {
+    storagesvc
+        .books()
+        .await
+        .iter()
+        .filter(|book| book["title"] == title)
+        .count()
+}
+
+/// The value of one series in booksvc's `/metrics`, 0 when it has not appeared yet.
+async fn metric(booksvc: &TestBooksvc, series: &str) -> f64 {
+    let metrics = booksvc.get("/metrics").await.text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_pass_through_booksvc_and_create_update_and_delete_exactly_once() {
+    let stack = stack_with(&[], &[]).await;
+    let booksvc = &stack.booksvc;
+    let title = "Designing for failure";
+
+    let created = send(
+        booksvc,
+        Method::POST,
+        "/books",
+        Some(json!({"title": title, "author": "A. Writer", "desc": "first edition"})),
+        None,
+    )
+    .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(
+        header(&created, "cache-status").as_deref(),
+        Some(FORWARDED_WRITE)
+    );
+    let location = header(&created, "location").expect("Location passed on");
+    let book: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(location, format!("/books/{}", book["id"]));
+    assert_eq!(books_titled(&stack.storagesvc, title).await, 1);
+
+    // Read back through booksvc, at the Location it gave.
+    let read = booksvc.get(&location).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.json::<serde_json::Value>().await.unwrap(), book);
+
+    let updated = send(
+        booksvc,
+        Method::PUT,
+        &location,
+        Some(json!({"title": title, "author": "A. Writer", "desc": "second edition"})),
+        None,
+    )
+    .await;
+    assert_eq!(updated.status(), StatusCode::OK);
+    assert_eq!(
+        header(&updated, "cache-status").as_deref(),
+        Some(FORWARDED_WRITE)
+    );
+    assert_eq!(
+        updated.json::<serde_json::Value>().await.unwrap()["desc"],
+        "second edition"
+    );
+
+    let deleted = send(booksvc, Method::DELETE, &location, None, None).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(books_titled(&stack.storagesvc, title).await, 0);
+    assert_problem(booksvc.get(&location).await, StatusCode::NOT_FOUND).await;
+
+    // storagesvc's own answers to wrong writes are passed on as they came.
+    let invalid = send(
+        booksvc,
+        Method::POST,
+        "/books",
+        Some(json!({"title": "", "author": "A. Writer"})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        header(&invalid, "cache-status").as_deref(),
+        Some(FORWARDED_WRITE)
+    );
+    assert_problem(invalid, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let absent = send(booksvc, Method::DELETE, "/books/999999", None, None).await;
+    assert_problem(absent, StatusCode::NOT_FOUND).await;
+    assert_eq!(
+        metric(booksvc, "upstream_retries_total").await,
+        0.0,
+        "nothing was retried"
+    );
+}
+
+/// booksvc reaches storagesvc through a proxy that can hold storagesvc's answers back, and
+/// waits at most 300 ms per attempt.
+async fn stack_behind_holding_proxy() -> (Stack, HoldingProxy) {
+    let (db, redis) = tokio::join!(Postgres::start(), Redis::start());
+    let storagesvc = TestStoragesvc::spawn(&db.url(), &[]).await;
+    storagesvc.wait_until_ready(Duration::from_secs(30)).await;
+    let proxy = HoldingProxy::start(storagesvc.address).await;
+    let booksvc = TestBooksvc::spawn(
+        proxy.address,
+        &redis.url(),
+        &["--attempt-timeout", "300ms", "--retry-max", "3"],
+    )
+    .await;
+    let stack = Stack {
+        db,
+        _redis: redis,
+        storagesvc,
+        booksvc,
+    };
+    (stack, proxy)
+}
+
+/// storagesvc makes the book, but its answer is held back for 500 ms, so booksvc's first
+/// attempt (300 ms) times out. The retry carries the same key and gets the first write's
+/// response replayed: one book.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_with_idempotency_key_whose_first_attempt_times_out_is_retried_and_creates_one_book()
+ {
+    let (stack, proxy) = stack_behind_holding_proxy().await;
+    let booksvc = &stack.booksvc;
+    let title = "Retried once, written once";
+    let book = json!({"title": title, "author": "A. Writer"});
+
+    proxy.hold_answers_for(Duration::from_millis(500));
+    let response = send(
+        booksvc,
+        Method::POST,
+        "/books",
+        Some(book.clone()),
+        Some("retry-me-1"),
+    )
+    .await;
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        metric(booksvc, r#"upstream_attempts_total{outcome="timeout"}"#).await,
+        1.0,
+        "the first attempt timed out"
+    );
+    assert_eq!(
+        metric(booksvc, r#"upstream_retries_total{after="timeout"}"#).await,
+        1.0,
+        "and was retried once"
+    );
+    assert_eq!(books_titled(&stack.storagesvc, title).await, 1);
+
+    // The caller's own retry with the same key replays the same book.
+    let replay = send(
+        booksvc,
+        Method::POST,
+        "/books",
+        Some(book),
+        Some("retry-me-1"),
+    )
+    .await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.json::<serde_json::Value>().await.unwrap(), created);
+    assert_eq!(books_titled(&stack.storagesvc, title).await, 1);
+}
+
+/// Without a key the same lost answer is not retried: the caller is told the write may
+/// have been applied, and it was, once. (A retry here would have made a second book.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_idempotency_key_is_sent_once_and_a_timeout_answers_504() {
+    let (stack, proxy) = stack_behind_holding_proxy().await;
+    let booksvc = &stack.booksvc;
+    let title = "Sent once";
+
+    proxy.hold_answers_for(Duration::from_secs(1));
+    let started = Instant::now();
+    let response = send(
+        booksvc,
+        Method::POST,
+        "/books",
+        Some(json!({"title": title, "author": "A. Writer"})),
+        None,
+    )
+    .await;
+    let took = started.elapsed();
+
+    let problem = assert_problem(response, StatusCode::GATEWAY_TIMEOUT).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{problem}"
+    );
+    assert!(
+        took < Duration::from_millis(900),
+        "one 300 ms attempt and no retry: took {took:?}"
+    );
+    assert_eq!(
+        metric(booksvc, r#"upstream_attempts_total{outcome="timeout"}"#).await,
+        1.0
+    );
+    assert_eq!(metric(booksvc, "upstream_retries_total").await, 0.0);
+    assert_eq!(books_titled(&stack.storagesvc, title).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_a_write_answers_503_quickly_and_never_from_the_cache() {
+    let stack = stack_with(&[], &[]).await;
+    let booksvc = &stack.booksvc;
+    // Warm the last-good store for the very paths written to below.
+    assert_eq!(booksvc.get("/books").await.status(), StatusCode::OK);
+    assert_eq!(booksvc.get("/books/1").await.status(), StatusCode::OK);
+
+    stack.db.stop().await;
+    let writes = [
+        (
+            Method::POST,
+            "/books",
+            Some(json!({"title": "Never stored", "author": "A. Writer"})),
+        ),
+        (
+            Method::PUT,
+            "/books/1",
+            Some(json!({"title": "Never stored", "author": "A. Writer"})),
+        ),
+        (Method::DELETE, "/books/1", None),
+    ];
+    // Until the breaker opens, storagesvc's own fail-fast 503 is passed on; once it is
+    // open, booksvc answers 503 without sending. Either way: 503, `Retry-After`, a
+    // problem, within the deadline, and never a cached answer.
+    for round in 0..4 {
+        for (method, path, body) in &writes {
+            let started = Instant::now();
+            let response = send(booksvc, method.clone(), path, body.clone(), None).await;
+            let took = started.elapsed();
+            assert!(
+                took <= REQUEST_DEADLINE,
+                "{method} {path} (round {round}) took {took:?}"
+            );
+            // storagesvc's answer is marked forwarded; booksvc's own (breaker open) has
+            // no `Cache-Status`: nothing was forwarded, nothing came from the cache.
+            let cache_status = header(&response, "cache-status");
+            assert!(
+                cache_status.is_none() || cache_status.as_deref() == Some(FORWARDED_WRITE),
+                "{method} {path} was answered from the cache: {cache_status:?}"
+            );
+            let retry_after = header(&response, "retry-after");
+            let problem = assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+            assert!(
+                retry_after.is_some(),
+                "{method} {path} (round {round}): Retry-After missing; {problem}"
+            );
+        }
+    }
+    assert_eq!(stack.booksvc.breaker_state().await, "open");
+    let started = Instant::now();
+    let refused = send(booksvc, Method::DELETE, "/books/1", None, None).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "the open breaker refuses at once"
+    );
+    assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE).await;
+
+    // The reads of the same paths are still served, stale, from the store.
+    let stale = booksvc.get("/books/1").await;
+    assert_eq!(stale.status(), StatusCode::OK);
+    assert_eq!(
+        header(&stale, "cache-status").as_deref(),
+        Some("booksvc; hit; detail=upstream-unavailable")
+    );
+}
