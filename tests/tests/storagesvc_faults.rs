@@ -154,3 +154,51 @@ async fn seed_books_exist_exactly_once_after_two_restarts() {
         app.stop().await;
     }
 }
+
+/// A caller that says it waits only 200 ms (`x-request-timeout-ms`) gets the 503 within
+/// that, not after the 2 s the service would otherwise wait for a paused database: it can
+/// then tell "the database is down" from "no answer".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_deadline_shortens_the_wait_for_a_paused_database() {
+    let db = Postgres::start().await;
+    let app = TestStoragesvc::spawn(
+        &db.url(),
+        &["--db-acquire-timeout", "2s", "--db-query-timeout", "2s"],
+    )
+    .await;
+    app.wait_until_ready(Duration::from_secs(30)).await;
+    assert_serves_books(&app).await;
+
+    db.pause().await;
+    for path in ["/books", "/books/1"] {
+        let started = Instant::now();
+        let response = app
+            .request(reqwest::Method::GET, path)
+            .header("x-request-timeout-ms", "200")
+            .send()
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        let retry_after = response.headers().get("retry-after").cloned();
+        assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+        assert!(retry_after.is_some(), "{path}: Retry-After");
+        assert!(
+            elapsed < Duration::from_millis(200),
+            "{path} took {elapsed:?} with a 200 ms caller deadline"
+        );
+    }
+    // Without the header the service's own bound holds: the answer takes the full 2 s.
+    let started = Instant::now();
+    let response = app.get("/books").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "took {:?}",
+        started.elapsed()
+    );
+    db.unpause().await;
+    eventually(Duration::from_secs(10), "books again", || async {
+        (app.get("/books").await.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
