@@ -224,6 +224,16 @@ async fn serves_last_good_list_when_database_is_stopped_and_recovers_when_it_ret
         metrics.contains("upstream_attempt_duration_seconds_bucket"),
         "{metrics}"
     );
+    // storagesvc's fail-fast 503s were retried, and further retries were refused (used up,
+    // no time left before the deadline, or the breaker open).
+    assert!(
+        value(r#"upstream_retries_total{after="server_error"}"#).is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("upstream_retries_refused_total{reason="),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
