@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use reqwest::{Response, Url};
+use reqwest::{Response, StatusCode, Url};
 use shared::client::{AuthConfig, Secret, ServiceClientConfig};
 
+use crate::metric_value;
 use crate::server::RunningServer;
 use crate::storagesvc::{TOKEN, test_http_client};
 
@@ -60,19 +61,25 @@ impl TestBooksvc {
 
     /// The breaker state booksvc reports in its readiness body.
     pub async fn breaker_state(&self) -> String {
-        let health: serde_json::Value = self
-            .http
-            .get(self.url("/.well-known/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, health) = self.readiness().await;
         health["checks"]["storagesvc"]["breaker"]
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// Readiness: its status and its body (the state of each dependency).
+    pub async fn readiness(&self) -> (StatusCode, serde_json::Value) {
+        let response = self.get("/.well-known/health").await;
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    /// The value of one series in booksvc's `/metrics`, e.g.
+    /// `breaker_transitions_total{from="closed",to="open"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let metrics = self.get("/metrics").await.text().await.unwrap();
+        metric_value(&metrics, series)
     }
 
     pub async fn stop(self) {

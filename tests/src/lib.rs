@@ -5,6 +5,8 @@
 
 pub mod booksvc;
 pub mod containers;
+pub mod counting_proxy;
+pub mod logs;
 pub mod poll;
 pub mod proxy;
 pub mod server;
@@ -19,4 +21,23 @@ pub fn init_test_logging() {
             let _ = shared::telemetry::init(shared::config::LogFormat::Pretty);
         }
     });
+}
+
+/// A response header as text, if present.
+pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|value| value.to_str().unwrap().to_owned())
+}
+
+/// The value of `series` (name and labels exactly as rendered) in a Prometheus text page.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
