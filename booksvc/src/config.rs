@@ -58,7 +58,7 @@ pub struct Config {
     pub breaker_open_max: Duration,
 
     /// While the breaker is open, how often storagesvc's health is checked to end it early.
-    #[arg(long, env = "BREAKER_PROBE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "BREAKER_PROBE_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub breaker_probe_interval: Duration,
 
     /// How long Redis keeps a last good answer.
@@ -75,4 +75,13 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// How often something repeats. Zero is refused here: the timer would panic on it, and the
+/// task it drives would die at start-up while the service kept running without it.
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        Duration::ZERO => Err("an interval must be longer than zero".to_owned()),
+        interval => Ok(interval),
+    }
 }

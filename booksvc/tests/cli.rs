@@ -150,6 +150,8 @@ fn invalid_values_stop_startup_naming_the_variable() {
         ("RETRY_BUDGET_RATIO", "a fifth"),
         ("BREAKER_CONSECUTIVE_FAILURES", "many"),
         ("BREAKER_PROBE_INTERVAL", "often"),
+        // Zero is no interval: the probe task's timer would panic at start-up.
+        ("BREAKER_PROBE_INTERVAL", "0s"),
         ("CACHE_READ_TIMEOUT", "100"),
         ("CACHE_MEMORY_BYTES", "32MiB"),
         ("LOG_FORMAT", "xml"),
