@@ -23,9 +23,10 @@ use tokio::task::JoinSet;
 const CLIENTS: usize = 50;
 /// How long the database stays down.
 const OUTAGE: Duration = Duration::from_secs(10);
-/// Pause between one client's requests: enough to keep every client busy without
-/// saturating a two-core machine.
-const THINK_TIME: Duration = Duration::from_millis(20);
+/// Pause between one client's requests: each reads about 20 times a second. That keeps a
+/// request coming every millisecond or so without saturating a two-core machine, where
+/// booksvc would answer the breaker-state polls too late to tell when the breaker opened.
+const THINK_TIME: Duration = Duration::from_millis(50);
 
 // booksvc's defaults (DESIGN 4.1), which the bounds below are derived from.
 /// `BREAKER_CONSECUTIVE_FAILURES`: consecutive failures that open the breaker.
@@ -35,6 +36,9 @@ const RETRY_FLOOR: f64 = 3.0;
 const RETRY_RATIO: f64 = 0.2;
 /// `BREAKER_PROBE_INTERVAL`: how often storagesvc's health is asked while the breaker is open.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest time from the breaker's opening to its first probe: half its first open
+/// delay of 1 s (the delay is jittered between half and all of it).
+const FIRST_PROBE_AFTER: Duration = Duration::from_millis(500);
 
 const STALE: &str = "booksvc; hit; detail=upstream-unavailable";
 
@@ -104,11 +108,24 @@ async fn client(
     answers
 }
 
-/// When booksvc first reports its breaker as no longer closed (polled every 10 ms).
-async fn breaker_opening(booksvc: &TestBooksvc, until: Instant) -> Instant {
+/// When the breaker opened, as closely as polling booksvc's readiness can tell.
+#[derive(Debug, Clone, Copy)]
+struct Opening {
+    /// When the last poll that found the breaker closed was sent.
+    after: Instant,
+    /// When the first poll that found it open was answered.
+    before: Instant,
+}
+
+/// Polls booksvc's breaker state every 10 ms until it is no longer closed.
+async fn breaker_opening(booksvc: &TestBooksvc, until: Instant) -> Opening {
     loop {
+        let sent = Instant::now();
         if booksvc.breaker_state().await != "closed" {
-            return Instant::now();
+            return Opening {
+                after: sent,
+                before: Instant::now(),
+            };
         }
         assert!(
             Instant::now() < until,
@@ -150,7 +167,7 @@ async fn a_database_outage_under_fifty_clients_reaches_storagesvc_as_the_breaker
             outage_ends,
         ));
     }
-    let (answers, opened) = tokio::join!(
+    let (answers, opening) = tokio::join!(
         clients.join_all(),
         breaker_opening(&stack.booksvc, outage_ends)
     );
@@ -173,6 +190,13 @@ async fn a_database_outage_under_fifty_clients_reaches_storagesvc_as_the_breaker
     }
 
     // What storagesvc received during the outage, split at the moment the breaker opened.
+    // No probe comes within FIRST_PROBE_AFTER of the opening, so if the opening is known
+    // that closely, every request received up to `opening.before` came before it opened.
+    assert!(
+        opening.before - opening.after < FIRST_PROBE_AFTER,
+        "the breaker's opening is known only within {:?}: too coarse to split the counts",
+        opening.before - opening.after
+    );
     let received: Vec<Arrival> = stack.proxy.arrivals()[received_before..].to_vec();
     let (books, other): (Vec<&Arrival>, Vec<&Arrival>) = received
         .iter()
@@ -182,8 +206,9 @@ async fn a_database_outage_under_fifty_clients_reaches_storagesvc_as_the_breaker
         .partition(|a| a.path == "/.well-known/health");
     assert!(unexpected.is_empty(), "unexpected requests: {unexpected:?}");
     let (before_open, probes): (Vec<&Arrival>, Vec<&Arrival>) =
-        books.iter().partition(|a| a.at <= opened);
-    let open_for = clients_done - opened;
+        books.iter().partition(|a| a.at <= opening.before);
+    // The longest the breaker can have been open.
+    let open_for = clients_done - opening.after;
     let outage = clients_done - outage_started;
 
     // Before the breaker opens. Every attempt let through while it is closed either ended
@@ -208,7 +233,7 @@ async fn a_database_outage_under_fifty_clients_reaches_storagesvc_as_the_breaker
         .collect::<HashSet<_>>()
         .len();
     let retries = before_open.len() - distinct_requests;
-    let requests_in_window = CLIENTS + answers.iter().filter(|a| a.sent <= opened).count();
+    let requests_in_window = CLIENTS + answers.iter().filter(|a| a.sent <= opening.before).count();
     let retry_budget = (RETRY_FLOOR + RETRY_RATIO * requests_in_window as f64).floor() as usize;
     assert!(
         retries <= retry_budget,
@@ -216,14 +241,14 @@ async fn a_database_outage_under_fifty_clients_reaches_storagesvc_as_the_breaker
     );
 
     // While open. The breaker lets one probe through once its open delay has passed, and
-    // a failed probe opens it again. The delay is storagesvc's `Retry-After` (1 s) when the
-    // failure carried one; otherwise it is jittered between half and all of
-    // 1 s x 2^(times opened before), so only the first can be under 1 s, and not under
-    // 0.5 s. Within T of the opening, then, at most floor(T + 0.5) probes arrive: the
-    // first after 0.5 s or more, each next one 1 s or more after it. The opening is seen
-    // here a poll late, which shortens the measured T by that lag; floor(T) + 1 holds for
-    // any lag under 0.5 s.
-    let probe_bound = open_for.as_secs() as usize + 1;
+    // a failed probe opens it again; the health check cannot end a delay early, since
+    // storagesvc reports itself unhealthy throughout. The delay is storagesvc's
+    // `Retry-After` (1 s) when the failure carried one; otherwise it is jittered between
+    // half and all of 1 s x 2^(times opened before), so only the first delay can be under
+    // 1 s, and not under FIRST_PROBE_AFTER. Within T of the opening, then, at most
+    // floor(T + 0.5) probes arrive: the first 0.5 s or more after it, each next one 1 s or
+    // more after the one before.
+    let probe_bound = (open_for.as_secs_f64() + FIRST_PROBE_AFTER.as_secs_f64()) as usize;
     assert!(
         probes.len() <= probe_bound,
         "{} probes reached storagesvc in the {open_for:?} the breaker was open; at most {probe_bound} may",
@@ -250,7 +275,7 @@ async fn a_database_outage_under_fifty_clients_reaches_storagesvc_as_the_breaker
 
     let probe_offsets: Vec<String> = probes
         .iter()
-        .map(|a| format!("{:.2}", (a.at - opened).as_secs_f64()))
+        .map(|a| format!("{:.2}", (a.at - opening.before).as_secs_f64()))
         .collect();
     println!(
         "outage of {outage:.1?}, {CLIENTS} clients, {} answers, all 200 stale\n\
@@ -259,11 +284,13 @@ async fn a_database_outage_under_fifty_clients_reaches_storagesvc_as_the_breaker
          retry budget {retry_budget})\n\
          storagesvc received in the {open_for:.1?} the breaker was open: {} /books probes \
          (bound {probe_bound}; at +[{}] s; breaker half-opened {half_opened} times)\n\
+         the opening was seen within {:.1?}\n\
          storagesvc received {} health checks (bound {health_bound})",
         answers.len(),
         before_open.len(),
         probes.len(),
         probe_offsets.join(", "),
+        opening.before - opening.after,
         health.len(),
     );
 }
