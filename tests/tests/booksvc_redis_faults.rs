@@ -25,6 +25,11 @@ const OPEN_BREAKER_BOUND: Duration = Duration::from_millis(50);
 /// Reads measured before and during a fault.
 const READS: usize = 20;
 
+/// The tests of this file measure latencies, so they run one at a time: none measures while
+/// another starts or stops containers on the same (two-core) machine, which stalls requests
+/// for 100 ms and more now and then.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const FRESH: &str = "booksvc; fwd=miss; stored";
 const STALE: &str = "booksvc; hit; detail=upstream-unavailable";
 
@@ -160,12 +165,14 @@ async fn assert_fresh_reads_do_not_wait_for_redis(stack: &Stack, fault: RedisFau
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_answers_never_wait_for_a_stopped_redis_and_readiness_stays_200() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let stack = stack().await;
     assert_fresh_reads_do_not_wait_for_redis(&stack, RedisFault::Stopped).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_answers_never_wait_for_a_paused_redis_and_readiness_stays_200() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let stack = stack().await;
     assert_fresh_reads_do_not_wait_for_redis(&stack, RedisFault::Paused).await;
     stack.redis.unpause().await;
@@ -173,6 +180,7 @@ async fn fresh_answers_never_wait_for_a_paused_redis_and_readiness_stays_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_memory_copy_when_redis_and_the_database_are_both_down() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let stack = stack().await;
     let (fresh_body, _) = fresh_read(&stack.booksvc).await;
 
