@@ -13,7 +13,7 @@ use shared::config::{CommonArgs, parse_duration};
     name = "booksvc",
     version,
     about = "The public books API. Reads storagesvc through a resilient client and answers from the last good response when it fails.",
-    after_help = "storagesvc is found through STORAGESVC_URL (required) and authenticated with STORAGESVC_API_KEY, STORAGESVC_BEARER_TOKEN, STORAGESVC_BASIC_USER/_PASSWORD or STORAGESVC_OAUTH_TOKEN_URL/_CLIENT_ID/_CLIENT_SECRET."
+    after_help = "storagesvc is found through STORAGESVC_URL (required) and authenticated with STORAGESVC_API_KEY, STORAGESVC_BEARER_TOKEN, STORAGESVC_BASIC_USER/_PASSWORD or STORAGESVC_OAUTH_TOKEN_URL/_CLIENT_ID/_CLIENT_SECRET.\n\n`booksvc healthcheck` asks the instance running on this host (port of BIND_ADDR) for readiness and exits 0 when it is ready: the container health check."
 )]
 pub struct Config {
     /// Address to listen on.
@@ -75,6 +75,11 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+impl Config {
+    /// The port of the default `BIND_ADDR`, where `healthcheck` looks when it is unset.
+    pub const DEFAULT_PORT: u16 = 8081;
 }
 
 /// How often something repeats. Zero is refused here: the timer would panic on it, and the

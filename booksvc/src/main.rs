@@ -1,15 +1,20 @@
+use std::process::ExitCode;
+
 use anyhow::Context;
 use booksvc::{Application, Config};
 use clap::Parser;
 use shared::client::ServiceClientConfig;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
+    if shared::healthcheck::requested() {
+        return Ok(shared::healthcheck::run(Config::DEFAULT_PORT).await);
+    }
     let config = Config::parse();
     shared::telemetry::init(config.common.log_format)?;
     let storagesvc = ServiceClientConfig::from_env("storagesvc")
         .context("cannot configure the storagesvc client")?;
     let app = Application::build(config, storagesvc).await?;
     app.run_until_stopped().await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod deadline;
 pub mod extract;
 pub mod health;
+pub mod healthcheck;
 pub mod metrics;
 pub mod problem;
 pub mod resilience;

@@ -12,7 +12,8 @@ use sqlx::postgres::PgConnectOptions;
 #[command(
     name = "storagesvc",
     version,
-    about = "Serves books from PostgreSQL; fails fast with 503 + Retry-After while the database is down."
+    about = "Serves books from PostgreSQL; fails fast with 503 + Retry-After while the database is down.",
+    after_help = "`storagesvc healthcheck` asks the instance running on this host (port of BIND_ADDR) for readiness and exits 0 when it is ready: the container health check."
 )]
 pub struct Config {
     /// Address to listen on.
@@ -53,6 +54,11 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+impl Config {
+    /// The port of the default `BIND_ADDR`, where `healthcheck` looks when it is unset.
+    pub const DEFAULT_PORT: u16 = 8082;
 }
 
 fn parse_database_url(value: &str) -> Result<PgConnectOptions, String> {

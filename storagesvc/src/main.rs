@@ -1,11 +1,16 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use storagesvc::{Application, Config};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
+    if shared::healthcheck::requested() {
+        return Ok(shared::healthcheck::run(Config::DEFAULT_PORT).await);
+    }
     let config = Config::parse();
     shared::telemetry::init(config.common.log_format)?;
     let app = Application::build(config).await?;
     app.run_until_stopped().await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
