@@ -31,12 +31,34 @@ impl<T: Clone + Send + Sync + 'static> Coalescer<T> {
     where
         F: Future<Output = T> + Send + 'static,
     {
+        match self.run_or_decline(key, call, || true).await {
+            Ok(result) => result,
+            // Never declined (`may_join` always agrees); were it, the call runs alone.
+            Err(call) => call.await,
+        }
+    }
+
+    /// Like [`run`](Self::run), but when a call for `key` is already running, joins it only
+    /// if `may_join` says so (asked under the same lock that decides, so there is no window
+    /// between looking and joining); otherwise `call` comes back unstarted.
+    pub async fn run_or_decline<F>(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        call: F,
+        may_join: impl FnOnce() -> bool,
+    ) -> Result<T, F>
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
         let shared = {
             let mut in_flight = self
                 .in_flight
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(running) = in_flight.get(key) {
+                if !may_join() {
+                    return Err(call);
+                }
                 running.clone()
             } else {
                 let this = Arc::clone(self);
@@ -62,7 +84,7 @@ impl<T: Clone + Send + Sync + 'static> Coalescer<T> {
         };
         let result = shared.await;
         guard.armed = false;
-        result
+        Ok(result)
     }
 
     fn forget(&self, key: &CacheKey) {
@@ -127,6 +149,42 @@ mod tests {
             results.iter().all(|r| *r == 0),
             "everyone gets the first call's answer"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_call_is_joined_only_when_allowed_and_a_declined_call_comes_back_unstarted() {
+        let coalescer = Arc::new(Coalescer::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let key = CacheKey::new("GET", "/books", None);
+        let first = coalescer.run(&key, counted_call(&calls, 1));
+        let declined = async {
+            // Let the first call start, then ask while it runs.
+            tokio::task::yield_now().await;
+            let asked = std::cell::Cell::new(false);
+            let outcome = coalescer
+                .run_or_decline(&key, counted_call(&calls, 2), || {
+                    asked.set(true);
+                    false
+                })
+                .await;
+            assert!(asked.get(), "asked, because a call was running");
+            outcome
+        };
+        let (first, declined) = tokio::join!(first, declined);
+        assert_eq!(first, 1);
+        let Err(unstarted) = declined else {
+            panic!("joined although not allowed")
+        };
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the declined call never ran"
+        );
+        assert_eq!(unstarted.await, 2, "and can still be run by the caller");
+
+        // With nothing running there is nothing to decline: the call runs.
+        let alone = coalescer.run_or_decline(&key, counted_call(&calls, 3), || false);
+        assert!(matches!(alone.await, Ok(3)));
     }
 
     #[tokio::test(start_paused = true)]

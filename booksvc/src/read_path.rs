@@ -3,9 +3,11 @@
 //!
 //! `read` joins an identical read already in flight, or asks storagesvc through
 //! [`Upstream::get`] (deadline → retry → breaker → attempt timeout, in
-//! `shared::resilience::call`). A successful answer is stored and passed on; a failure is
-//! answered from the last-good store, marked stale; with nothing stored, the answer is 503
-//! with `Retry-After`.
+//! `shared::resilience::call`). A successful answer is stored (once per upstream call, not
+//! once per reader) and passed on; a failure is answered from the last-good store, marked
+//! stale; with nothing stored, the answer is 503 with `Retry-After`. While the breaker is
+//! not closed, a read does not join a call in flight (likely the one probe, which takes as
+//! long as storagesvc needs to fail): it is answered from the store at once.
 
 use std::time::{Duration, SystemTime};
 
@@ -18,13 +20,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use shared::Problem;
-use shared::resilience::CallError;
+use shared::resilience::{BreakerState, CallError};
 
 use std::sync::Arc;
 
 use crate::cache_status;
 use crate::coalesce::Coalescer;
-use crate::last_good::{CacheKey, LastGoodStore, Source, StoredResponse};
+use crate::last_good::{CacheKey, LastGoodStore, StoredResponse};
 use crate::upstream::{AttemptValue, Upstream, UpstreamResponse};
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -81,16 +83,43 @@ pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
     };
     let key = CacheKey::new("GET", upstream_path, uri.query());
 
+    // The call, shared by every coalesced reader: it also stores a success, once.
     let upstream = path.upstream.clone();
-    let call = async move { upstream.get(&upstream_target).await };
-    match path.in_flight.run(&key, call).await {
-        Ok(Ok(response)) if response.status.is_success() => {
+    let store = path.store.clone();
+    let stored_key = key.clone();
+    let call = async move {
+        let result = upstream.get(&upstream_target).await;
+        if let Ok(Ok(response)) = &result
+            && response.status.is_success()
+        {
             let stored = StoredResponse {
                 body: response.body.clone(),
-                content_type: content_type_text(&response),
+                content_type: content_type_text(response),
                 fetched_at: SystemTime::now(),
             };
-            path.store.remember(key, stored).await;
+            store.remember(stored_key, stored).await;
+        }
+        result
+    };
+    // While the breaker is not closed, a call in flight for this key is likely the one
+    // probe storagesvc is allowed: joining it would hold this read for as long as the
+    // probe takes. A stored answer now is better; with none, the read joins after all.
+    let breaker = &path.upstream.resilience().breaker;
+    let may_join = || breaker.state() == BreakerState::Closed;
+    let result = match path.in_flight.run_or_decline(&key, call, may_join).await {
+        Ok(result) => result,
+        Err(call) => {
+            if let Some(answer) = path
+                .answer_from_store(&key, "a probe of storagesvc is in flight")
+                .await
+            {
+                return answer;
+            }
+            path.in_flight.run(&key, call).await
+        }
+    };
+    match result {
+        Ok(Ok(response)) if response.status.is_success() => {
             forwarded(response, cache_status::forwarded_and_stored())
         }
         // A 4xx is storagesvc's answer to a wrong request: passed on, never stored.
@@ -103,35 +132,41 @@ pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
     }
 }
 
+impl ReadPath {
+    /// The last good answer for `key`, marked stale and counted, if one is stored.
+    async fn answer_from_store(&self, key: &CacheKey, reason: &str) -> Option<Response> {
+        let (stored, source) = self.store.recall(key).await?;
+        self.fallbacks
+            .get_or_create(&FallbackLabels {
+                source: source.as_str(),
+            })
+            .inc();
+        tracing::info!(key = key.as_str(), %reason, source = source.as_str(), "answering from the last-good store");
+        Some(stale(&stored))
+    }
+}
+
 async fn fall_back(path: &ReadPath, key: &CacheKey, failure: CallError<AttemptValue>) -> Response {
+    let reason = describe(&failure);
+    if let Some(answer) = path.answer_from_store(key, &reason).await {
+        return answer;
+    }
     let retry_in = match &failure {
         CallError::BreakerOpen(open) => open.retry_in,
         CallError::Failed { .. } => Duration::from_secs(1),
     };
-    let reason = describe(&failure);
-    match path.store.recall(key).await {
-        Some((stored, source)) => {
-            path.fallbacks
-                .get_or_create(&FallbackLabels {
-                    source: source.as_str(),
-                })
-                .inc();
-            tracing::info!(key = key.as_str(), %reason, source = source.as_str(), "answering from the last-good store");
-            stale(&stored, source)
-        }
-        None => {
-            path.fallbacks
-                .get_or_create(&FallbackLabels { source: "none" })
-                .inc();
-            tracing::warn!(key = key.as_str(), %reason, "storagesvc failed and no last good answer is stored");
-            Problem::unavailable(
-                "books-unavailable",
-                format!("storagesvc is unavailable ({reason}) and no earlier answer is stored for this request"),
-                retry_in,
-            )
-            .into_response()
-        }
-    }
+    path.fallbacks
+        .get_or_create(&FallbackLabels { source: "none" })
+        .inc();
+    tracing::warn!(key = key.as_str(), %reason, "storagesvc failed and no last good answer is stored");
+    Problem::unavailable(
+        "books-unavailable",
+        format!(
+            "storagesvc is unavailable ({reason}) and no earlier answer is stored for this request"
+        ),
+        retry_in,
+    )
+    .into_response()
 }
 
 fn describe(failure: &CallError<AttemptValue>) -> String {
@@ -162,7 +197,7 @@ pub fn forwarded(response: UpstreamResponse, cache_status: String) -> Response {
 }
 
 /// The stored body byte for byte, marked stale with `Cache-Status` and `Age`.
-fn stale(stored: &StoredResponse, _source: Source) -> Response {
+fn stale(stored: &StoredResponse) -> Response {
     let mut answer = (StatusCode::OK, stored.body.clone()).into_response();
     let headers = answer.headers_mut();
     insert_text(headers, header::CONTENT_TYPE, &stored.content_type);

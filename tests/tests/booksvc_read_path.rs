@@ -16,6 +16,8 @@ use system_tests::storagesvc::{TestStoragesvc, assert_problem};
 
 /// Once the breaker is open, a stale answer must come this fast (DESIGN / issue).
 const OPEN_BREAKER_BOUND: Duration = Duration::from_millis(50);
+/// A read that took this long waited for a probe of storagesvc (see below).
+const WAITED_FOR_A_PROBE: Duration = Duration::from_millis(200);
 
 struct Stack {
     db: Postgres,
@@ -326,4 +328,60 @@ async fn serves_last_good_list_when_storagesvc_is_shut_down() {
     let fresh_body = warm(&stack.booksvc).await;
     stack.storagesvc.stop().await;
     assert_serves_stale_through_the_fault(&stack.booksvc, &fresh_body).await;
+}
+
+/// Once the breaker has opened, each probe of storagesvc takes as long as storagesvc needs
+/// to fail (here: a paused database, about 450 ms). Reads of the same path arriving
+/// meanwhile must not queue behind the probe: they get the stored answer at once, so only
+/// the read that carries a probe is slow.
+///
+/// "Slow" here is over 200 ms: far above what a busy two-core machine adds to a wave of 20
+/// concurrent reads (up to about 70 ms seen), far below the probe's 450 ms. How fast a
+/// stale answer is otherwise is `assert_serves_stale_through_the_fault`'s business.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_breaker_is_not_closed_only_the_probe_waits_for_storagesvc() {
+    let stack = stack().await;
+    let booksvc = &stack.booksvc;
+    let fresh_body = warm(booksvc).await;
+    stack.db.pause().await;
+    assert_serves_stale_through_the_fault(booksvc, &fresh_body).await;
+
+    let attempts = || async {
+        let metrics = booksvc.get("/metrics").await.text().await.unwrap();
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("upstream_attempts_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let attempts_before = attempts().await;
+    let (mut total, mut slow) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let mut wave = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let request = booksvc.http.get(booksvc.url("/books")).send();
+            wave.spawn(async move {
+                let started = Instant::now();
+                let response = request.await.unwrap();
+                (response.status(), started.elapsed())
+            });
+        }
+        for (status, took) in wave.join_all().await {
+            assert_eq!(status, StatusCode::OK);
+            total += 1;
+            if took > WAITED_FOR_A_PROBE {
+                slow += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let probes = attempts().await - attempts_before;
+    eprintln!("{total} reads, {slow} over {WAITED_FOR_A_PROBE:?}, {probes} probes");
+    assert!(probes >= 1.0, "the breaker let a probe through in 4 s");
+    assert!(
+        f64::from(slow) <= probes,
+        "{slow} of {total} reads waited longer than {WAITED_FOR_A_PROBE:?}, for {probes} probe(s)"
+    );
+    stack.db.unpause().await;
 }

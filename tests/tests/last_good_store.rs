@@ -134,3 +134,50 @@ async fn the_store_starts_without_redis() {
     let store = store(format!("redis://127.0.0.1:{}", free_port()));
     assert_redis_fault_is_bounded(&store).await;
 }
+
+/// A busy key is remembered on every fresh answer; Redis gets an unchanged body about once
+/// a second, a changed one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_answer_is_written_to_redis_at_most_once_a_second() {
+    let redis = Redis::start().await;
+    let mut registry = Registry::default();
+    let config = LastGoodConfig {
+        redis_url: redis.url(),
+        key_prefix: "booksvc:v1:".into(),
+        ttl: Duration::from_secs(24 * 3600),
+        read_timeout: READ_TIMEOUT,
+        write_timeout: Duration::from_secs(1),
+        max_inflight_writes: 64,
+        memory_bytes: 1 << 20,
+    };
+    let store = LastGoodStore::new(config, &mut registry).unwrap();
+    let writes = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("last_good_redis_writes_total "))
+            .map(|n| n.trim().parse::<u64>().unwrap())
+            .unwrap()
+    };
+
+    let started = Instant::now();
+    for _ in 0..100 {
+        store.remember(key(), books_answer()).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "a quick burst");
+    assert_eq!(writes(), 1, "100 identical answers, one write");
+
+    let changed = StoredResponse {
+        body: Bytes::from_static(b"[]"),
+        ..books_answer()
+    };
+    store.remember(key(), changed.clone()).await;
+    assert_eq!(writes(), 2, "a changed body is written at once");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    store.remember(key(), changed).await;
+    assert_eq!(writes(), 3, "and an unchanged one again after a second");
+    // The memory copy is always the latest.
+    let (latest, _) = store.recall(&key()).await.unwrap();
+    assert_eq!(latest.body, Bytes::from_static(b"[]"));
+}

@@ -7,6 +7,12 @@
 //!   a write that finds no free slot is dropped, counted and logged.
 //! - **Redis down never fails a request.** `recall` reads memory first, then Redis, each
 //!   bounded by `read_timeout`; a Redis error is counted and logged and reads as a miss.
+//!
+//! A busy key is fetched many times a second, nearly always with the same body. Such an
+//! unchanged answer is written to Redis again only once `REDIS_REFRESH_AFTER` has passed
+//! since the last write, so Redis sees about one write per key per second instead of one
+//! per request; a changed body is written at once. (The `Age` of an answer recalled from
+//! Redis may then be up to that much too old; from memory it is exact.)
 
 mod key;
 mod stored;
@@ -24,6 +30,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Semaphore;
 
 pub use key::CacheKey;
+
+/// An unchanged answer is written to Redis again after this long.
+const REDIS_REFRESH_AFTER: Duration = Duration::from_secs(1);
+/// Bound on the keys remembered as recently written (beyond it, a write may repeat early).
+const MAX_RECENT_WRITES: u64 = 100_000;
 pub use stored::StoredResponse;
 
 #[derive(Debug, Clone)]
@@ -66,6 +77,7 @@ struct OperationLabels {
 #[derive(Clone)]
 struct StoreMetrics {
     redis_errors: Family<OperationLabels, Counter>,
+    writes: Counter,
     writes_dropped: Counter,
 }
 
@@ -73,8 +85,14 @@ impl StoreMetrics {
     fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             redis_errors: Family::default(),
+            writes: Counter::default(),
             writes_dropped: Counter::default(),
         };
+        registry.register(
+            "last_good_redis_writes",
+            "Answers sent to Redis by the last-good store",
+            metrics.writes.clone(),
+        );
         registry.register(
             "last_good_redis_errors",
             "Redis operations of the last-good store that failed or timed out, by operation",
@@ -100,6 +118,8 @@ impl StoreMetrics {
 pub struct LastGoodStore {
     config: Arc<LastGoodConfig>,
     memory: Cache<CacheKey, Arc<StoredResponse>>,
+    /// Keys written to Redis within the last `REDIS_REFRESH_AFTER`.
+    recently_written: Cache<CacheKey, ()>,
     redis: ConnectionManager,
     write_slots: Arc<Semaphore>,
     metrics: StoreMetrics,
@@ -123,7 +143,12 @@ impl LastGoodStore {
             })
             .max_capacity(config.memory_bytes)
             .build();
+        let recently_written = Cache::builder()
+            .max_capacity(MAX_RECENT_WRITES)
+            .time_to_live(REDIS_REFRESH_AFTER)
+            .build();
         Ok(Self {
+            recently_written,
             write_slots: Arc::new(Semaphore::new(config.max_inflight_writes)),
             config: Arc::new(config),
             memory,
@@ -136,10 +161,18 @@ impl LastGoodStore {
         format!("{}{}", self.config.key_prefix, key.as_str())
     }
 
-    /// Keeps a fresh answer: in memory now, in Redis in the background.
+    /// Keeps a fresh answer: in memory now, in Redis in the background (unless Redis got
+    /// the same body less than `REDIS_REFRESH_AFTER` ago).
     pub async fn remember(&self, key: CacheKey, stored: StoredResponse) {
-        let value = stored.encode();
+        let unchanged = self.memory.get(&key).await.is_some_and(|previous| {
+            previous.body == stored.body && previous.content_type == stored.content_type
+        });
+        let redis_is_current = unchanged && self.recently_written.contains_key(&key);
+        let value = (!redis_is_current).then(|| stored.encode());
         self.memory.insert(key.clone(), Arc::new(stored)).await;
+        let Some(value) = value else {
+            return;
+        };
         let Ok(slot) = Arc::clone(&self.write_slots).try_acquire_owned() else {
             self.metrics.writes_dropped.inc();
             tracing::warn!(
@@ -148,6 +181,8 @@ impl LastGoodStore {
             );
             return;
         };
+        self.recently_written.insert(key.clone(), ()).await;
+        self.metrics.writes.inc();
         let redis_key = self.redis_key(&key);
         let ttl = self.config.ttl.as_secs().max(1);
         let timeout = self.config.write_timeout;
