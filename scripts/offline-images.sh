@@ -12,8 +12,15 @@
 #   POSTGRES_IMAGE  Debian's PostgreSQL with an entrypoint that behaves like
 #                   the official `postgres` image (POSTGRES_USER/_PASSWORD/_DB)
 #   REDIS_IMAGE     Debian's Redis, listening on all interfaces, no persistence
+#   STORAGESVC_IMAGE, BOOKSVC_IMAGE
+#                   the services, from release binaries built on the host, made
+#                   by the repository's Dockerfile.storagesvc and Dockerfile.booksvc
+#                   on RUNTIME_IMAGE (their final stage is the one users build)
 #
-# Images that already exist are left alone, so repeated runs take seconds.
+# Base images that already exist are left alone. The service images are built
+# on every run, since the binaries change with the code; cargo and Docker's
+# build cache make that quick when nothing changed, so repeated runs take
+# seconds.
 # stdout carries nothing but `export NAME=value` lines, meant for
 #
 #   eval "$(scripts/offline-images.sh)"
@@ -42,6 +49,9 @@ readonly RUNTIME_IMAGE="bookstore/runtime:$SUITE"
 readonly POSTGRES_IMAGE="bookstore/postgres:$PG_MAJOR"
 readonly REDIS_MAJOR=7
 readonly REDIS_IMAGE="bookstore/redis:$REDIS_MAJOR"
+# The names docker-compose.yaml gives the service images.
+readonly STORAGESVC_IMAGE=bookstore/storagesvc:latest
+readonly BOOKSVC_IMAGE=bookstore/booksvc:latest
 
 # Unprivileged account of the runtime image, for the service images to run as.
 readonly APP_USER=bookstore
@@ -54,26 +64,43 @@ export LC_ALL=C.UTF-8
 
 usage() {
 	cat >&2 <<EOF
-Usage: ${0##*/} [--rebuild] [--help]
+Usage: ${0##*/} [--base-only] [--rebuild] [--help]
 
-Builds the bookstore's container images from Debian $SUITE packages with
-mmdebstrap and docker import, for machines without an image registry:
+Builds the bookstore's container images for machines without an image
+registry. The base images come from Debian $SUITE packages, through
+mmdebstrap and docker import:
 
 $(printf '  %-28s %s\n' \
 		"$RUNTIME_IMAGE" "base image of the service images" \
 		"$POSTGRES_IMAGE" "PostgreSQL $PG_MAJOR, configured like the official image" \
 		"$REDIS_IMAGE" "Redis $REDIS_MAJOR")
 
-Existing images are kept. mmdebstrap is installed with apt-get if missing.
-Needs root (or sudo) for that, and access to the Docker engine.
+Existing base images are kept. mmdebstrap is installed with apt-get if
+missing. Needs root (or sudo) for that, and access to the Docker engine.
+
+Then the service images, from Dockerfile.storagesvc and Dockerfile.booksvc
+on $RUNTIME_IMAGE, with the release binaries that
+\`cargo build --release --locked -p storagesvc -p booksvc\` builds here:
+
+$(printf '  %-28s %s\n' \
+		"$STORAGESVC_IMAGE" "storagesvc" \
+		"$BOOKSVC_IMAGE" "booksvc")
+
+They are rebuilt on every run (quick when nothing changed), so they always
+hold the current code. That needs BuildKit: a docker client with the buildx
+plugin, or one older than Docker 23 (such as Debian $SUITE's docker.io).
+The host's glibc must not be newer than Debian $SUITE's, which runs the
+binaries.
 
 stdout only carries shell export lines naming the images:
 
   eval "\$(${0##*/})"
 
 Options:
-  --rebuild   remove and rebuild the images even if they exist
-  -h, --help  show this help
+  --base-only  build the base images only: no cargo build, no service images
+  --rebuild    remove and rebuild the images even if they exist (the service
+               images without Docker's build cache)
+  -h, --help   show this help
 
 Environment:
   DEBIAN_MIRROR           Debian archive to use (default: the host's, from
@@ -87,6 +114,7 @@ LOG_PREFIX=offline-images
 source "$SCRIPT_DIR/lib.sh"
 
 REBUILD=false
+SERVICE_IMAGES=true
 parse_args() {
 	while [[ $# -gt 0 ]]; do
 		case $1 in
@@ -95,6 +123,7 @@ parse_args() {
 			exit 0
 			;;
 		--rebuild) REBUILD=true ;;
+		--base-only) SERVICE_IMAGES=false ;;
 		*)
 			usage
 			die "unknown argument: $1"
@@ -387,11 +416,100 @@ build_redis_image() {
 	rm -f "$tar"
 }
 
-# Service images (bookstore/booksvc, bookstore/storagesvc): to be built here
-# from the host-built release binaries on top of $RUNTIME_IMAGE, running as
-# $APP_USER. Not implemented yet.
+# BuildKit builds only the stages the requested one needs, which is what lets
+# the service images come from the same Dockerfiles as with a registry: with
+# the build arguments below, their Rust and Debian stages, whose base images no
+# registry could provide here, are never resolved. The engine has BuildKit
+# built in, but docker clients since 23.0 use it only through the buildx
+# plugin (and without it fall back to the classic builder, which builds every
+# stage); older clients use it by themselves. Picks the first `docker` on PATH
+# that can: Debian's docker.io client, say, behind a newer one without buildx.
+BUILDKIT_DOCKER=""
+find_buildkit_docker() {
+	local client version
+	while read -r client; do
+		if "$client" buildx version >/dev/null 2>&1; then
+			BUILDKIT_DOCKER=$client
+			break
+		fi
+		version=$("$client" --version 2>/dev/null) || continue
+		if [[ $version =~ ^Docker\ version\ ([0-9]+)\. ]] && ((BASH_REMATCH[1] < 23)); then
+			BUILDKIT_DOCKER=$client
+			break
+		fi
+	done < <(type -ap docker)
+	[[ -n $BUILDKIT_DOCKER ]] ||
+		die "building the service images needs BuildKit: install Docker's buildx plugin (or use --base-only)"
+	log "building with BuildKit through $BUILDKIT_DOCKER ($("$BUILDKIT_DOCKER" --version))"
+}
+
+# Builds the release binaries on the host, then the service images from the
+# repository's Dockerfiles.
 build_service_images() {
-	:
+	local repo_dir start
+	repo_dir=$(cd -- "$SCRIPT_DIR/.." && pwd)
+	command -v cargo >/dev/null ||
+		die "cargo is needed to build the service binaries (or use --base-only)"
+	find_buildkit_docker
+
+	log "building the release binaries"
+	start=$SECONDS
+	# The images are made from target/release/, so build there whatever the
+	# caller's own cargo settings say.
+	CARGO_TARGET_DIR="$repo_dir/target" \
+		cargo build --release --locked -p storagesvc -p booksvc \
+		--manifest-path "$repo_dir/Cargo.toml" ||
+		die "cargo build of the services failed"
+	log "release binaries ready in $((SECONDS - start)) s"
+
+	CONTEXT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/bookstore-services.XXXXXX")
+	build_service_image "$repo_dir" storagesvc "$STORAGESVC_IMAGE"
+	build_service_image "$repo_dir" booksvc "$BOOKSVC_IMAGE"
+}
+
+# build_service_image REPO_DIR SERVICE TAG
+# Builds the final stage of Dockerfile.SERVICE on $RUNTIME_IMAGE, with the
+# binary from its `prebuilt` stage, which copies target/release/SERVICE from
+# the build context. That context is a directory holding just the binary, not
+# the checkout: its .dockerignore keeps build output out of the builds that
+# compile their own.
+build_service_image() {
+	local repo_dir=$1 service=$2 tag=$3 start=$SECONDS
+	local context=$CONTEXT_DIR/$service
+	mkdir -p "$context/target/release"
+	cp -- "$repo_dir/target/release/$service" "$context/target/release/"
+
+	local -a no_cache=()
+	[[ $REBUILD == false ]] || no_cache=(--no-cache)
+	local previous=""
+	previous=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null) || true
+	log "building $tag"
+	DOCKER_BUILDKIT=1 "$BUILDKIT_DOCKER" build "${no_cache[@]}" \
+		--file "$repo_dir/Dockerfile.$service" \
+		--build-arg RUNTIME_BASE="$RUNTIME_IMAGE" \
+		--build-arg BINARY_STAGE=prebuilt \
+		--tag "$tag" \
+		"$context" ||
+		die "docker build of $tag failed"
+
+	# The Dockerfile names the user by number; it must be this runtime's.
+	local user
+	user=$(docker image inspect -f '{{.Config.User}}' "$tag")
+	[[ $user == "$APP_UID:$APP_UID" ]] ||
+		die "$tag runs as '$user', not as $APP_USER ($APP_UID:$APP_UID) of $RUNTIME_IMAGE"
+	# The binary was linked on the host: make sure it runs on the image's
+	# glibc now, rather than when a container starts.
+	docker run --rm "$tag" --help >/dev/null ||
+		die "$service does not run in $tag; is the host's glibc newer than Debian $SUITE's?"
+	log "built $tag in $((SECONDS - start)) s"
+
+	# A changed binary leaves the previous image without a name; drop it,
+	# unless a container still uses it.
+	if [[ -n $previous ]] &&
+		[[ $(docker image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null) == 0 ]]; then
+		docker image rm "$previous" >/dev/null 2>&1 ||
+			log "keeping the previous image of $tag ($previous): a container still uses it"
+	fi
 }
 
 # ensure_image TAG BUILD_FUNCTION
@@ -411,6 +529,14 @@ ensure_image() {
 	"$build"
 	image_exists "$tag" || die "$tag was not created"
 	log "built $tag in $((SECONDS - start)) s"
+
+	# A changed binary leaves the previous image without a name; drop it,
+	# unless a container still uses it.
+	if [[ -n $previous ]] &&
+		[[ $(docker image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null) == 0 ]]; then
+		docker image rm "$previous" >/dev/null 2>&1 ||
+			log "keeping the previous image of $tag ($previous): a container still uses it"
+	fi
 }
 
 # One-time preparation, done only when some image has to be built.
@@ -427,10 +553,14 @@ prepare_build() {
 	setup_mmdebstrap "$WORK_DIR/apt-cache"
 }
 
+CONTEXT_DIR=""
 cleanup() {
-	if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then
-		rm -rf -- "$WORK_DIR"
-	fi
+	local dir
+	for dir in "$WORK_DIR" "$CONTEXT_DIR"; do
+		if [[ -n $dir && -d $dir ]]; then
+			rm -rf -- "$dir"
+		fi
+	done
 }
 
 main() {
@@ -453,12 +583,19 @@ main() {
 	ensure_image "$RUNTIME_IMAGE" build_runtime_image
 	ensure_image "$POSTGRES_IMAGE" build_postgres_image
 	ensure_image "$REDIS_IMAGE" build_redis_image
-	build_service_images
+	if [[ $SERVICE_IMAGES == true ]]; then
+		build_service_images
+	fi
 
 	printf 'export %s=%s\n' \
 		RUNTIME_IMAGE "$RUNTIME_IMAGE" \
 		POSTGRES_IMAGE "$POSTGRES_IMAGE" \
 		REDIS_IMAGE "$REDIS_IMAGE" >&3
+	if [[ $SERVICE_IMAGES == true ]]; then
+		printf 'export %s=%s\n' \
+			STORAGESVC_IMAGE "$STORAGESVC_IMAGE" \
+			BOOKSVC_IMAGE "$BOOKSVC_IMAGE" >&3
+	fi
 }
 
 main "$@"
