@@ -10,7 +10,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::core::{ExecCommand, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
@@ -130,6 +130,31 @@ impl Postgres {
     /// The URL a service on the host uses to reach this database.
     pub fn url(&self) -> String {
         url_for_port(self.host_port)
+    }
+
+    /// How many sessions `application_name` has open, as PostgreSQL counts them.
+    pub async fn sessions_of(&self, application_name: &str) -> usize {
+        let query = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application_name}'"
+        );
+        let mut psql = self
+            .container
+            .exec(ExecCommand::new([
+                "psql",
+                "-U",
+                POSTGRES_USER,
+                "-d",
+                POSTGRES_DB,
+                "-tAc",
+                &query,
+            ]))
+            .await
+            .expect("psql runs in the database container");
+        let count = String::from_utf8(psql.stdout_to_vec().await.unwrap()).unwrap();
+        count
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("a session count from psql, got {count:?}"))
     }
 }
 
