@@ -30,11 +30,11 @@ pub struct Config {
     pub redis_url: String,
 
     /// Total time for the upstream work of one request, retries included.
-    #[arg(long, env = "REQUEST_DEADLINE", default_value = "1500ms", value_parser = parse_duration)]
+    #[arg(long, env = "REQUEST_DEADLINE", default_value = "1500ms", value_parser = parse_positive_duration)]
     pub request_deadline: Duration,
 
     /// Time for one HTTP attempt.
-    #[arg(long, env = "ATTEMPT_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "ATTEMPT_TIMEOUT", default_value = "500ms", value_parser = parse_positive_duration)]
     pub attempt_timeout: Duration,
 
     /// Delay before the first retry (doubled for each further one, plus jitter).
@@ -46,27 +46,27 @@ pub struct Config {
     pub retry_max: usize,
 
     /// Retries allowed as a share of requests in a sliding 10 s window.
-    #[arg(long, env = "RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    #[arg(long, env = "RETRY_BUDGET_RATIO", default_value_t = 0.2, value_parser = parse_ratio)]
     pub retry_budget_ratio: f64,
 
     /// Consecutive failures that open the circuit breaker.
-    #[arg(long, env = "BREAKER_CONSECUTIVE_FAILURES", default_value_t = 5)]
+    #[arg(long, env = "BREAKER_CONSECUTIVE_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub breaker_consecutive_failures: u32,
 
     /// Longest the breaker stays open before a probe (the delay grows from 1 s to this).
-    #[arg(long, env = "BREAKER_OPEN_MAX", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "BREAKER_OPEN_MAX", default_value = "30s", value_parser = parse_positive_duration)]
     pub breaker_open_max: Duration,
 
     /// While the breaker is open, how often storagesvc's health is checked to end it early.
-    #[arg(long, env = "BREAKER_PROBE_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    #[arg(long, env = "BREAKER_PROBE_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
     pub breaker_probe_interval: Duration,
 
     /// How long Redis keeps a last good answer.
-    #[arg(long, env = "CACHE_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "CACHE_TTL", default_value = "24h", value_parser = parse_positive_duration)]
     pub cache_ttl: Duration,
 
     /// Bound on each read of the last-good store (memory, then Redis).
-    #[arg(long, env = "CACHE_READ_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = "CACHE_READ_TIMEOUT", default_value = "100ms", value_parser = parse_positive_duration)]
     pub cache_read_timeout: Duration,
 
     /// Size of the in-memory copy of last good answers, in bytes.
@@ -82,11 +82,20 @@ impl Config {
     pub const DEFAULT_PORT: u16 = 8081;
 }
 
-/// How often something repeats. Zero is refused here: the timer would panic on it, and the
-/// task it drives would die at start-up while the service kept running without it.
-fn parse_interval(value: &str) -> Result<Duration, String> {
+/// A time limit or an interval. Zero is refused: as a limit it would fail every call, and
+/// as an interval the probe's timer would panic and the probe die at start-up while the
+/// service kept running without it.
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
     match parse_duration(value)? {
-        Duration::ZERO => Err("an interval must be longer than zero".to_owned()),
-        interval => Ok(interval),
+        Duration::ZERO => Err("must be longer than zero".to_owned()),
+        duration => Ok(duration),
+    }
+}
+
+/// A share, from 0 to 1.
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("expected a number from 0 to 1, got '{value}'")),
     }
 }
