@@ -136,9 +136,11 @@ impl Database {
             .application_name("storagesvc")
             .options([("statement_timeout", statement_timeout.as_str())]);
         let pool = PgPoolOptions::new()
-            // A fixed-size pool, kept full in the background: opening a connection (TCP and
-            // SCRAM authentication) takes long enough on a busy machine to exceed the acquire
-            // timeout, so a burst must find connections ready rather than open them.
+            // A fixed-size pool: opening a connection (TCP and SCRAM authentication) takes
+            // long enough on a busy machine to exceed the acquire timeout, so connections,
+            // once opened, are kept rather than closed when idle. sqlx opens them on demand
+            // and restores the minimum only in its periodic maintenance, so right after
+            // start-up or an outage the pool grows with the load.
             .min_connections(max_connections)
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
