@@ -130,6 +130,8 @@ EOF
 LOG_PREFIX=bench-booksvc
 # shellcheck source=scripts/lib.sh
 source "$SCRIPT_DIR/lib.sh"
+# shellcheck source=scripts/bench-lib.sh
+source "$SCRIPT_DIR/bench-lib.sh"
 
 BUILD=true
 QUICK=false
@@ -168,29 +170,8 @@ parse_args() {
 	WARMUP=${WARMUP:-5s}
 }
 
-# to_seconds 30s|2m|1h|45 -> whole seconds. wrk takes the same syntax; the
-# value in seconds bounds the wait for wrk and computes CPU shares.
-to_seconds() {
-	local v=$1
-	[[ $v =~ ^([0-9]+)([smh]?)$ ]] || return 1
-	local n=$((10#${BASH_REMATCH[1]}))
-	case ${BASH_REMATCH[2]} in
-	m) n=$((n * 60)) ;;
-	h) n=$((n * 3600)) ;;
-	esac
-	((n > 0)) || return 1
-	printf '%d\n' "$n"
-}
-
 validate_settings() {
-	DURATION_S=$(to_seconds "$DURATION") || die "DURATION='$DURATION' is not a duration such as 30s or 2m"
-	WARMUP_S=$(to_seconds "$WARMUP") || die "WARMUP='$WARMUP' is not a duration such as 5s"
-	to_seconds "$WRK_TIMEOUT" >/dev/null || die "WRK_TIMEOUT='$WRK_TIMEOUT' is not a duration such as 2s"
-	[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS='$CONNECTIONS' is not a positive integer"
-	[[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS='$THREADS' is not a positive integer"
-	((THREADS <= CONNECTIONS)) || die "THREADS ($THREADS) must not exceed CONNECTIONS ($CONNECTIONS): wrk gives each thread at least one connection"
-	[[ $PG_NETWORK == published || $PG_NETWORK == host ]] || die "PG_NETWORK='$PG_NETWORK': expected 'published' or 'host'"
-	[[ $READY_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "READY_TIMEOUT='$READY_TIMEOUT' is not a number of seconds"
+	validate_common_settings
 	# limit=1000 down to limit=101: every page holds the whole list as long
 	# as there are at most 100 books (checked once they are known).
 	if ! [[ $DISTINCT_KEYS =~ ^[0-9]+$ ]] || ((10#$DISTINCT_KEYS > 900)); then
@@ -199,43 +180,12 @@ validate_settings() {
 	DISTINCT_KEYS=$((10#$DISTINCT_KEYS))
 }
 
-# Runs a command as root, through sudo when needed (for apt-get only).
-as_root() {
-	if [[ $EUID -eq 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null; then
-		sudo -n "$@"
-	else
-		die "need root to run: $*"
-	fi
-}
-
-# Installs wrk from the Debian archive if it is missing. apt-get update only
-# runs when the first install attempt fails, since it is slow and usually
-# unnecessary.
-ensure_wrk() {
-	command -v wrk >/dev/null && return 0
-	command -v apt-get >/dev/null || die "wrk is not installed and there is no apt-get to install it with"
-	log "installing wrk"
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2; then
-		log "install failed; refreshing the package lists and retrying"
-		as_root apt-get update -q </dev/null >&2 || die "apt-get update failed"
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2 ||
-			die "could not install wrk"
-	fi
-	command -v wrk >/dev/null || die "wrk is still missing after installing it"
-}
-
 check_tools() {
-	local tool
 	# ss finds the ports the services bound (they bind port 0, so no other
 	# program can take a port picked in advance) and free ports for the
 	# containers on the host network.
-	for tool in docker curl awk ss cmp timeout; do
-		command -v "$tool" >/dev/null || die "$tool is not installed"
-	done
-	docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine (is it running, may this user use it?)"
-	ensure_wrk
+	require_tools ss cmp
+	check_common_tools
 }
 
 # --- clean-up -----------------------------------------------------------------
@@ -244,36 +194,10 @@ PG_NAME=""
 REDIS_NAME=""
 SVC_PID=""
 BOOK_PID=""
-WRK_PID=""
 
-# stop_process PID: SIGTERM lets a service drain (SHUTDOWN_GRACE, 10 s by
-# default); SIGKILL after that so a hung one cannot hold the script.
-stop_process() {
-	local pid=$1 deadline=$((SECONDS + 15))
-	[[ -n $pid ]] || return 0
-	kill -TERM "$pid" 2>/dev/null || return 0
-	while pid_alive "$pid" && ((SECONDS < deadline)); do
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
-
-remove_container() {
-	[[ -n $1 ]] || return 0
-	# Forced removal: the data is throwaway, and it returns only once the
-	# container is gone.
-	docker rm -f -v "$1" >/dev/null 2>&1 || log "could not remove container $1"
-}
-
-cleanup() {
-	local rc=$?
-	set +e
-	trap - ERR
-	if [[ -n $WRK_PID ]]; then
-		kill -TERM "$WRK_PID" 2>/dev/null
-		wait "$WRK_PID" 2>/dev/null
-	fi
+# Called by cleanup on exit.
+stop_started() {
+	local rc=$1
 	# booksvc first: it is the client of the others.
 	stop_process "$BOOK_PID"
 	stop_process "$SVC_PID"
@@ -285,28 +209,9 @@ cleanup() {
 	fi
 	remove_container "$PG_NAME"
 	remove_container "$REDIS_NAME"
-	if [[ -n $LOG_DIR && -d $LOG_DIR ]]; then
-		log "logs and raw wrk output kept in $LOG_DIR"
-	fi
-	exit "$rc"
 }
 
 # --- containers ---------------------------------------------------------------
-
-# pick_free_port: a TCP port nothing listens on right now. There is a small
-# window before the container binds it; if another program takes it
-# meanwhile, the container exits and the start-up check reports it.
-pick_free_port() {
-	local port i
-	for ((i = 0; i < 100; i++)); do
-		port=$((20000 + RANDOM % 40000))
-		if [[ -z $(ss -Hltn "sport = :$port") ]]; then
-			printf '%d\n' "$port"
-			return 0
-		fi
-	done
-	die "found no free port"
-}
 
 ensure_images() {
 	if [[ -z ${POSTGRES_IMAGE:-} || -z ${REDIS_IMAGE:-} ]]; then
@@ -428,8 +333,6 @@ start_redis() {
 redis_cli() { docker exec "$REDIS_NAME" redis-cli -p "$REDIS_INNER_PORT" "$@"; }
 redis_ping() { [[ $(redis_cli ping) == PONG ]]; }
 
-random_hex() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
-
 # --- the services -------------------------------------------------------------
 
 SVC_BIN=""
@@ -445,13 +348,6 @@ build_services() {
 	fi
 	[[ -x $SVC_BIN ]] || die "no binary at $SVC_BIN (build it, or drop --no-build)"
 	[[ -x $BOOK_BIN ]] || die "no binary at $BOOK_BIN (build it, or drop --no-build)"
-}
-
-# A process that has exited but not yet been reaped still answers kill -0;
-# its state letter tells.
-pid_alive() {
-	kill -0 "$1" 2>/dev/null &&
-		[[ $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]]
 }
 
 service_fail() {
@@ -561,50 +457,6 @@ check_books() {
 
 # --- measurements -------------------------------------------------------------
 
-# proc_status_kib PID FIELD: a /proc/PID/status memory field, in KiB.
-proc_status_kib() {
-	awk -v f="$2:" '$1 == f { print $2; found = 1 } END { exit !found }' "/proc/$1/status" ||
-		die "cannot read $2 of pid $1"
-}
-
-kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-
-# CPU time (user + system) of a process, in clock ticks; empty when it is gone.
-proc_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || true; }
-
-# CPU time of the shell's waited-for children (fields cutime + cstime), in
-# clock ticks: across one run_wrk, that is wrk's CPU time.
-children_cpu_ticks() { awk '{ print $16 + $17 }' "/proc/$$/stat"; }
-
-# container_cpu_ns PID: CPU time of the container whose main process is PID
-# (all its processes), in nanoseconds, from its cgroup: cgroup v2's cpu.stat
-# or v1's cpuacct. Prints nothing when neither can be read (or the container
-# is stopped); the figure is then left out.
-container_cpu_ns() {
-	local cg=/proc/$1/cgroup path dir
-	[[ -n $1 && -r $cg ]] || return 0
-	path=$(awk -F: '$1 == "0" && $2 == "" { print $3 }' "$cg" 2>/dev/null || true)
-	if [[ -n $path && -r /sys/fs/cgroup$path/cpu.stat ]]; then
-		awk '$1 == "usage_usec" { printf "%.0f\n", $2 * 1000 }' "/sys/fs/cgroup$path/cpu.stat"
-		return 0
-	fi
-	path=$(awk -F: '$2 ~ /(^|,)cpuacct(,|$)/ { print $3 }' "$cg" 2>/dev/null || true)
-	[[ -n $path ]] || return 0
-	for dir in /sys/fs/cgroup/cpuacct /sys/fs/cgroup/cpu,cpuacct /sys/fs/cgroup/cpuacct,cpu; do
-		if [[ -r $dir$path/cpuacct.usage ]]; then
-			cat "$dir$path/cpuacct.usage"
-			return 0
-		fi
-	done
-}
-
-# Busy and total ticks of the whole machine, from the aggregate cpu line.
-machine_ticks() {
-	awk '$1 == "cpu" {
-		total = 0; for (i = 2; i <= NF; i++) total += $i
-		print total - $5 - $6, total; exit }' /proc/stat
-}
-
 # metrics_snapshot: from one read of booksvc's /metrics, the counters that
 # explain a run, as "attempts attempt_us fallbacks from_memory probes answers
 # over_4ms over_8ms": attempts sent to storagesvc and their total time in
@@ -647,27 +499,6 @@ breaker_state() {
 		awk 'match($0, /"breaker":"[a-z_]+"/) { s = substr($0, RSTART, RLENGTH); sub(/.*:"/, "", s); sub(/"$/, "", s); print s }'
 }
 
-# run_wrk SECONDS OUTFILE URL [HEADER]: one bounded wrk run. wrk runs in the
-# background so that the EXIT trap can stop it on Ctrl-C, and under `timeout`
-# so that a wedged wrk cannot hold the script past its duration.
-run_wrk() {
-	local secs=$1 out=$2 url=$3 rc=0
-	local -a options=()
-	[[ -z ${4:-} ]] || options=(--header "$4")
-	[[ -z $WRK_SCRIPT ]] || options+=(--script "$WRK_SCRIPT")
-	timeout --kill-after=5 "$((secs + 30))" \
-		wrk --threads "$THREADS" --connections "$CONNECTIONS" --duration "${secs}s" \
-		--timeout "$WRK_TIMEOUT" --latency "${options[@]}" \
-		"$url" >"$out" 2>&1 </dev/null &
-	WRK_PID=$!
-	wait "$WRK_PID" || rc=$?
-	WRK_PID=""
-	if ((rc != 0)); then
-		sed 's/^/    /' "$out" >&2
-		die "wrk failed (exit $rc)"
-	fi
-}
-
 # write_wrk_script: with --distinct-keys, a wrk script that sends each request
 # to the next of DISTINCT_KEYS URLs; each wrk thread starts at another point
 # of the cycle, so that threads running at the same pace do not ask for the
@@ -696,81 +527,6 @@ function request()
 	return wrk.format(nil, "/books?limit=" .. (1000 - n))
 end
 EOF
-}
-
-# to_ms VALUE: wrk's latency with unit (812.00us, 3.10ms, 1.02s, 2.00m) in ms.
-to_ms() {
-	awk -v v="$1" 'BEGIN {
-		if (match(v, /^[0-9.]+/) == 0) exit 1
-		n = substr(v, 1, RLENGTH); u = substr(v, RLENGTH + 1)
-		if (u == "us") f = 0.001; else if (u == "ms") f = 1; else if (u == "s") f = 1000
-		else if (u == "m") f = 60000; else if (u == "h") f = 3600000; else exit 1
-		printf "%.2f", n * f }'
-}
-
-# parse_wrk FILE: sets W_RPS, W_P50_MS, W_P99_MS, W_MAX_MS, W_REQUESTS,
-# W_NON2XX, W_SOCKET (socket error summary) and W_SOCKET_TOTAL. The
-# "Socket errors" and "Non-2xx" lines only appear when there are some.
-parse_wrk() {
-	local f=$1 p50 p99 max
-	W_RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$f")
-	p50=$(awk '$1 == "50%" { print $2 }' "$f")
-	p99=$(awk '$1 == "99%" { print $2 }' "$f")
-	max=$(awk '$1 == "Latency" && NF >= 5 { print $4; exit }' "$f")
-	W_REQUESTS=$(awk '$2 == "requests" && $3 == "in" { print $1 }' "$f")
-	W_NON2XX=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$f")
-	W_SOCKET=$(awk '/Socket errors:/ { sub(/.*Socket errors: */, ""); print }' "$f")
-	W_NON2XX=${W_NON2XX:-0}
-	W_SOCKET=${W_SOCKET:-connect 0, read 0, write 0, timeout 0}
-	W_SOCKET_TOTAL=$(awk -v s="$W_SOCKET" 'BEGIN { n = split(s, a, /[ ,]+/); t = 0
-		for (i = 2; i <= n; i += 2) t += a[i]; print t }')
-	if [[ -z $W_RPS || -z $p50 || -z $p99 || -z $max || -z $W_REQUESTS ]]; then
-		sed 's/^/    /' "$f" >&2
-		die "cannot read the figures from wrk's output ($f)"
-	fi
-	W_P50_MS=$(to_ms "$p50") || die "unexpected latency '$p50' in $f"
-	W_P99_MS=$(to_ms "$p99") || die "unexpected latency '$p99' in $f"
-	W_MAX_MS=$(to_ms "$max") || die "unexpected latency '$max' in $f"
-}
-
-# A run with any failed request is not a valid measurement: errors are cheap
-# to answer (skewing throughput up) and timeouts are left out of wrk's
-# latency percentiles (skewing them down). Such a run is recorded in
-# RUN_ERRORS, which makes the script exit non-zero, but its figures are still
-# printed (with the error counts, and "result: ERROR") since they help to find
-# out what went wrong. A run in which nothing succeeded stops the script at
-# once.
-RUN_ERRORS=()
-check_wrk_errors() {
-	local what=$1 f=$2
-	[[ $W_REQUESTS -gt 0 ]] 2>/dev/null || die "$what: wrk completed no request"
-	if [[ $W_NON2XX == 0 && $W_SOCKET_TOTAL == 0 ]]; then
-		return 0
-	fi
-	local msg="$what: $W_NON2XX of $W_REQUESTS responses not 2xx/3xx; socket errors: $W_SOCKET"
-	log "error: $msg"
-	sed 's/^/    /' "$f" >&2
-	if ((W_NON2XX >= W_REQUESTS)); then
-		die "$what: no request succeeded"
-	fi
-	RUN_ERRORS+=("$msg")
-}
-
-# verdict OP VALUE TARGET: "met" or "MISSED".
-verdict() {
-	awk -v op="$1" -v v="$2" -v t="$3" 'BEGIN {
-		ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 <= t + 0)
-		print ok ? "met" : "MISSED" }'
-}
-
-# Busy share of the machine's CPUs over one second, to warn when something
-# else (a build, tests) would compete with the benchmark.
-busy_pct() {
-	local b1 t1 b2 t2
-	read -r b1 t1 < <(machine_ticks)
-	sleep 1
-	read -r b2 t2 < <(machine_ticks)
-	awk -v b=$((b2 - b1)) -v t=$((t2 - t1)) 'BEGIN { printf "%d\n", (t > 0 ? 100 * b / t : 0) }'
 }
 
 # cores_from_ticks SECONDS BEFORE AFTER: average cores used, from process
@@ -807,32 +563,22 @@ proxy_ticks() {
 # records its figures and how the CPUs were shared during it.
 measure() {
 	local tag=$1 label=$2 url=$3 hdr=${4:-}
-	local idle
-	idle=$(busy_pct)
-	R_IDLE[$tag]=$idle
-	if ((idle > BUSY_WARN_PCT)); then
-		log "warning: the machine is already ${idle}% busy before the load starts; the figures will be lower than on an idle machine"
-	fi
+	warn_if_busy
+	R_IDLE[$tag]=$IDLE_BUSY_PCT
 	log "$label: warming up for ${WARMUP_S}s ($CONNECTIONS connections, $THREADS threads)"
 	run_wrk "$WARMUP_S" "$LOG_DIR/wrk-$tag-warmup.txt" "$url" "$hdr"
 	parse_wrk "$LOG_DIR/wrk-$tag-warmup.txt"
 	check_wrk_errors "$label, warm-up" "$LOG_DIR/wrk-$tag-warmup.txt"
 
 	log "$label: measuring for ${DURATION_S}s"
-	local svc0 svc1 book0 book1 pg0 pg1 rd0 rd1 px0 px1 wrk0 wrk1 mb0 mt0 mb1 mt1 t0 t1 c0 c1
+	local svc0 svc1 book0 book1 pg0 pg1 rd0 rd1 px0 px1 c0 c1
 	c0=$(metrics_snapshot)
 	svc0=$(proc_cpu_ticks "$SVC_PID")
 	book0=$(proc_cpu_ticks "$BOOK_PID")
 	pg0=$(container_cpu_ns "$PG_PID")
 	rd0=$(container_cpu_ns "$REDIS_PID")
 	px0=$(proxy_ticks)
-	wrk0=$(children_cpu_ticks)
-	read -r mb0 mt0 < <(machine_ticks)
-	t0=$EPOCHREALTIME
-	run_wrk "$DURATION_S" "$LOG_DIR/wrk-$tag.txt" "$url" "$hdr"
-	t1=$EPOCHREALTIME
-	read -r mb1 mt1 < <(machine_ticks)
-	wrk1=$(children_cpu_ticks)
+	timed_wrk "$DURATION_S" "$LOG_DIR/wrk-$tag.txt" "$url" "$hdr"
 	px1=$(proxy_ticks)
 	rd1=$(container_cpu_ns "$REDIS_PID")
 	pg1=$(container_cpu_ns "$PG_PID")
@@ -856,19 +602,18 @@ measure() {
 	R_MAX[$tag]=$W_MAX_MS
 	R_REQ[$tag]=$W_REQUESTS
 
-	local secs proxy_part=""
-	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+	local secs=$M_SECS proxy_part=""
 	if [[ -n $PG_PROXY_PID$REDIS_PROXY_PID ]]; then
 		proxy_part=", docker-proxy $(cores_from_ticks "$secs" "$px0" "$px1")"
 	fi
 	R_CPU[$tag]=$(printf 'booksvc %s, storagesvc %s, wrk %s, PostgreSQL %s, Redis %s%s; busy %s of %d CPUs' \
 		"$(cores_from_ticks "$secs" "$book0" "$book1")" \
 		"$(cores_from_ticks "$secs" "$svc0" "$svc1")" \
-		"$(cores_from_ticks "$secs" "$wrk0" "$wrk1")" \
+		"$(cores_from_ticks "$secs" 0 "$M_WRK_TICKS")" \
 		"$(cores_from_ns "$secs" "$pg0" "$pg1")" \
 		"$(cores_from_ns "$secs" "$rd0" "$rd1")" \
 		"$proxy_part" \
-		"$(awk -v b=$((mb1 - mb0)) -v t=$((mt1 - mt0)) -v n="$(nproc)" 'BEGIN { printf "%.2f", (t > 0 ? n * b / t : 0) }')" \
+		"$(awk -v b="$M_BUSY_TICKS" -v t="$M_TOTAL_TICKS" -v n="$(nproc)" 'BEGIN { printf "%.2f", (t > 0 ? n * b / t : 0) }')" \
 		"$(nproc)")
 	log "$label: ${R_RPS[$tag]} req/s, p50 ${R_P50[$tag]} ms, p99 ${R_P99[$tag]} ms"
 }
@@ -956,13 +701,10 @@ print_summary() {
 	else
 		network="PG_NETWORK=published: PostgreSQL and Redis reached through ports published on 127.0.0.1 (docker-proxy)"
 	fi
-	local model mem
-	model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-	mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 
 	echo
 	echo "booksvc benchmark: GET /books, $CONNECTIONS connections, ${DURATION_S}s per run after ${WARMUP_S}s warm-up, $THREADS wrk threads"
-	echo "machine:  $(nproc) CPUs${model:+ ($model)}, $mem RAM, $(uname -sr)"
+	echo "machine:  $(machine_line)"
 	echo "          load average at the start: $LOAD_BEFORE"
 	echo "          wrk, booksvc, storagesvc, PostgreSQL and Redis share these CPUs; nothing is pinned"
 	echo "network:  $network"
@@ -1008,15 +750,9 @@ print_summary() {
 		"booksvc, happy path" "${R_CPU[booksvc]}" "${R_IDLE[booksvc]}" \
 		"booksvc, database stopped" "${R_CPU[stale]}" "${R_IDLE[stale]}"
 	echo
-	if ((${#RUN_ERRORS[@]} > 0)); then
-		echo "result: ERROR, the figures are not valid:"
-		printf '        %s\n' "${RUN_ERRORS[@]}"
-	elif [[ $v_share == met && $v_p99 == met ]]; then
-		echo "result: all targets met"
-	else
-		echo "result: targets MISSED (see the lines marked MISSED above)"
-	fi
-	echo "raw wrk output and logs: $LOG_DIR"
+	local all_met=true
+	[[ $v_share == met && $v_p99 == met ]] || all_met=false
+	print_result "$all_met"
 }
 
 main() {
@@ -1024,20 +760,10 @@ main() {
 	validate_settings
 	check_tools
 
-	trap cleanup EXIT
-	trap 'exit 130' INT
-	trap 'exit 143' TERM
-
-	if [[ -z $LOG_DIR ]]; then
-		LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/bench-booksvc.XXXXXX")
-	else
-		mkdir -p -- "$LOG_DIR"
-		LOG_DIR=$(cd -- "$LOG_DIR" && pwd)
-	fi
+	begin_run bench-booksvc
 	CLK_TCK=$(getconf CLK_TCK)
 	LOAD_BEFORE=$(awk '{ print $1, $2, $3 }' /proc/loadavg)
 
-	local started=$SECONDS
 	log "load average: $LOAD_BEFORE; PostgreSQL and Redis networking: PG_NETWORK=$PG_NETWORK"
 	build_services
 	ensure_images
@@ -1057,10 +783,7 @@ main() {
 	measure_breaker_open
 
 	print_summary | tee "$LOG_DIR/summary.txt"
-	log "done in $((SECONDS - started))s"
-	if ((${#RUN_ERRORS[@]} > 0)); then
-		die "requests failed during the load; see above"
-	fi
+	end_run
 }
 
 main "$@"

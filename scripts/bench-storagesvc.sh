@@ -105,6 +105,8 @@ EOF
 LOG_PREFIX=bench
 # shellcheck source=scripts/lib.sh
 source "$SCRIPT_DIR/lib.sh"
+# shellcheck source=scripts/bench-lib.sh
+source "$SCRIPT_DIR/bench-lib.sh"
 
 BUILD=true
 WARN_RUN=false
@@ -126,29 +128,8 @@ parse_args() {
 	done
 }
 
-# to_seconds 30s|2m|1h|45 -> whole seconds. wrk takes the same syntax; the
-# value in seconds bounds the wait for wrk and computes CPU shares.
-to_seconds() {
-	local v=$1
-	[[ $v =~ ^([0-9]+)([smh]?)$ ]] || return 1
-	local n=$((10#${BASH_REMATCH[1]}))
-	case ${BASH_REMATCH[2]} in
-	m) n=$((n * 60)) ;;
-	h) n=$((n * 3600)) ;;
-	esac
-	((n > 0)) || return 1
-	printf '%d\n' "$n"
-}
-
 validate_settings() {
-	DURATION_S=$(to_seconds "$DURATION") || die "DURATION='$DURATION' is not a duration such as 30s or 2m"
-	WARMUP_S=$(to_seconds "$WARMUP") || die "WARMUP='$WARMUP' is not a duration such as 5s"
-	to_seconds "$WRK_TIMEOUT" >/dev/null || die "WRK_TIMEOUT='$WRK_TIMEOUT' is not a duration such as 2s"
-	[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS='$CONNECTIONS' is not a positive integer"
-	[[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS='$THREADS' is not a positive integer"
-	((THREADS <= CONNECTIONS)) || die "THREADS ($THREADS) must not exceed CONNECTIONS ($CONNECTIONS): wrk gives each thread at least one connection"
-	[[ $PG_NETWORK == published || $PG_NETWORK == host ]] || die "PG_NETWORK='$PG_NETWORK': expected 'published' or 'host'"
-	[[ $READY_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "READY_TIMEOUT='$READY_TIMEOUT' is not a number of seconds"
+	validate_common_settings
 	if [[ -n $SERVICE_PORT ]]; then
 		if ! [[ $SERVICE_PORT =~ ^[1-9][0-9]*$ ]] || ((SERVICE_PORT > 65535)); then
 			die "SERVICE_PORT='$SERVICE_PORT' is not a port number"
@@ -156,108 +137,39 @@ validate_settings() {
 	fi
 }
 
-# Runs a command as root, through sudo when needed (for apt-get only).
-as_root() {
-	if [[ $EUID -eq 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null; then
-		sudo -n "$@"
-	else
-		die "need root to run: $*"
-	fi
-}
-
-# Installs wrk from the Debian archive if it is missing. apt-get update only
-# runs when the first install attempt fails, since it is slow and usually
-# unnecessary.
-ensure_wrk() {
-	command -v wrk >/dev/null && return 0
-	command -v apt-get >/dev/null || die "wrk is not installed and there is no apt-get to install it with"
-	log "installing wrk"
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2; then
-		log "install failed; refreshing the package lists and retrying"
-		as_root apt-get update -q </dev/null >&2 || die "apt-get update failed"
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2 ||
-			die "could not install wrk"
-	fi
-	command -v wrk >/dev/null || die "wrk is still missing after installing it"
-}
-
 check_tools() {
-	local tool
-	for tool in docker curl awk; do
-		command -v "$tool" >/dev/null || die "$tool is not installed"
-	done
 	if [[ -z $SERVICE_PORT || $PG_NETWORK == host ]]; then
 		# storagesvc binds port 0 and ss tells which port it got: no window
 		# in which another program could take a port picked in advance.
 		# (With PG_NETWORK=host, ss also finds a free port for PostgreSQL.)
 		command -v ss >/dev/null || die "ss (iproute2) is needed to find free ports; install it (or set SERVICE_PORT and leave PG_NETWORK alone)"
 	fi
-	docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine (is it running, may this user use it?)"
-	ensure_wrk
+	check_common_tools
 }
 
 # --- clean-up -----------------------------------------------------------------
 
 PG_NAME=""
 SVC_PID=""
-WRK_PID=""
 
 stop_service() {
-	[[ -n $SVC_PID ]] || return 0
-	local pid=$SVC_PID deadline=$((SECONDS + 15))
+	local pid=$SVC_PID
 	SVC_PID=""
-	kill -TERM "$pid" 2>/dev/null || return 0
-	# SIGTERM lets it drain (SHUTDOWN_GRACE, 10 s by default); SIGKILL
-	# after that so a hung service cannot hold the script.
-	while pid_alive "$pid" && ((SECONDS < deadline)); do
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
+	stop_process "$pid"
 }
 
-cleanup() {
-	local rc=$?
-	set +e
-	trap - ERR
-	if [[ -n $WRK_PID ]]; then
-		kill -TERM "$WRK_PID" 2>/dev/null
-		wait "$WRK_PID" 2>/dev/null
-	fi
+# Called by cleanup on exit.
+stop_started() {
+	local rc=$1
 	stop_service
-	if [[ -n $PG_NAME ]]; then
-		if ((rc != 0)); then
-			log "last PostgreSQL log lines:"
-			docker logs --tail 20 "$PG_NAME" 2>&1 | sed 's/^/    /' >&2
-		fi
-		# Forced removal: the data is throwaway, and it returns only once
-		# the container is gone.
-		docker rm -f -v "$PG_NAME" >/dev/null 2>&1 || log "could not remove container $PG_NAME"
+	if [[ -n $PG_NAME ]] && ((rc != 0)); then
+		log "last PostgreSQL log lines:"
+		docker logs --tail 20 "$PG_NAME" 2>&1 | sed 's/^/    /' >&2
 	fi
-	if [[ -n $LOG_DIR && -d $LOG_DIR ]]; then
-		log "logs and raw wrk output kept in $LOG_DIR"
-	fi
-	exit "$rc"
+	remove_container "$PG_NAME"
 }
 
 # --- PostgreSQL ---------------------------------------------------------------
-
-# pick_free_port: a TCP port nothing listens on right now. There is a small
-# window before PostgreSQL binds it; if another program takes it meanwhile,
-# PostgreSQL exits and the start-up check below reports it.
-pick_free_port() {
-	local port i
-	for ((i = 0; i < 100; i++)); do
-		port=$((20000 + RANDOM % 40000))
-		if [[ -z $(ss -Hltn "sport = :$port") ]]; then
-			printf '%d\n' "$port"
-			return 0
-		fi
-	done
-	die "found no free port for PostgreSQL"
-}
 
 PG_PORT=""
 PG_PID=""
@@ -330,8 +242,6 @@ start_postgres() {
 	log "PostgreSQL ready on 127.0.0.1:$PG_PORT"
 }
 
-random_hex() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
-
 # --- storagesvc ---------------------------------------------------------------
 
 SVC_BIN=""
@@ -345,12 +255,6 @@ build_service() {
 	[[ -x $SVC_BIN ]] || die "no binary at $SVC_BIN (build it, or drop --no-build)"
 }
 
-# A process that has exited but not yet been reaped still answers kill -0;
-# its state letter tells.
-pid_alive() {
-	kill -0 "$1" 2>/dev/null &&
-		[[ $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]]
-}
 svc_alive() { [[ -n $SVC_PID ]] && pid_alive "$SVC_PID"; }
 
 svc_fail() {
@@ -415,42 +319,6 @@ check_books() {
 
 # --- measurements -------------------------------------------------------------
 
-# proc_status_kib PID FIELD: a /proc/PID/status memory field, in KiB.
-proc_status_kib() {
-	awk -v f="$2:" '$1 == f { print $2; found = 1 } END { exit !found }' "/proc/$1/status" ||
-		die "cannot read $2 of pid $1"
-}
-
-kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-
-# CPU time (user + system) of a process, in clock ticks.
-proc_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-
-# CPU time of the shell's waited-for children (fields cutime + cstime), in
-# clock ticks: across one run_wrk, that is wrk's CPU time.
-children_cpu_ticks() { awk '{ print $16 + $17 }' "/proc/$$/stat"; }
-
-# CPU time of the PostgreSQL container (all its processes), in nanoseconds,
-# from its cgroup: cgroup v2's cpu.stat or v1's cpuacct. Prints nothing when
-# neither can be read; the figure is then left out.
-pg_cpu_ns() {
-	local cg=/proc/$PG_PID/cgroup path dir
-	[[ -r $cg ]] || return 0
-	path=$(awk -F: '$1 == "0" && $2 == "" { print $3 }' "$cg")
-	if [[ -n $path && -r /sys/fs/cgroup$path/cpu.stat ]]; then
-		awk '$1 == "usage_usec" { printf "%.0f\n", $2 * 1000 }' "/sys/fs/cgroup$path/cpu.stat"
-		return 0
-	fi
-	path=$(awk -F: '$2 ~ /(^|,)cpuacct(,|$)/ { print $3 }' "$cg")
-	[[ -n $path ]] || return 0
-	for dir in /sys/fs/cgroup/cpuacct /sys/fs/cgroup/cpu,cpuacct /sys/fs/cgroup/cpuacct,cpu; do
-		if [[ -r $dir$path/cpuacct.usage ]]; then
-			cat "$dir$path/cpuacct.usage"
-			return 0
-		fi
-	done
-}
-
 # Sessions PostgreSQL has accepted so far in the benchmark database
 # (pg_stat_database.sessions, PostgreSQL 14 and later). Its growth during the
 # run shows whether the pool kept its connections or kept opening new ones,
@@ -470,114 +338,6 @@ sessions_note() {
 	fi
 }
 
-# Busy and total ticks of the whole machine, from the aggregate cpu line.
-machine_ticks() {
-	awk '$1 == "cpu" {
-		total = 0; for (i = 2; i <= NF; i++) total += $i
-		print total - $5 - $6, total; exit }' /proc/stat
-}
-
-# run_wrk SECONDS OUTFILE: one bounded wrk run against GET /books. wrk runs in
-# the background so that the EXIT trap can stop it on Ctrl-C, and under
-# `timeout` so that a wedged wrk cannot hold the script past its duration.
-run_wrk() {
-	local secs=$1 out=$2 rc=0
-	timeout --kill-after=5 "$((secs + 30))" \
-		wrk --threads "$THREADS" --connections "$CONNECTIONS" --duration "${secs}s" \
-		--timeout "$WRK_TIMEOUT" --latency \
-		--header "Authorization: Bearer $TOKEN" \
-		"http://127.0.0.1:$SVC_PORT/books" >"$out" 2>&1 </dev/null &
-	WRK_PID=$!
-	wait "$WRK_PID" || rc=$?
-	WRK_PID=""
-	if ((rc != 0)); then
-		sed 's/^/    /' "$out" >&2
-		die "wrk failed (exit $rc)"
-	fi
-}
-
-# to_ms VALUE: wrk's latency with unit (812.00us, 3.10ms, 1.02s, 2.00m) in ms.
-to_ms() {
-	awk -v v="$1" 'BEGIN {
-		if (match(v, /^[0-9.]+/) == 0) exit 1
-		n = substr(v, 1, RLENGTH); u = substr(v, RLENGTH + 1)
-		if (u == "us") f = 0.001; else if (u == "ms") f = 1; else if (u == "s") f = 1000
-		else if (u == "m") f = 60000; else if (u == "h") f = 3600000; else exit 1
-		printf "%.2f", n * f }'
-}
-
-# parse_wrk FILE: sets W_RPS, W_P50, W_P99, W_P50_MS, W_P99_MS, W_REQUESTS,
-# W_NON2XX, W_SOCKET (socket error summary) and W_SOCKET_TOTAL. The
-# "Socket errors" and "Non-2xx" lines only appear when there are some.
-parse_wrk() {
-	local f=$1
-	W_RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$f")
-	W_P50=$(awk '$1 == "50%" { print $2 }' "$f")
-	W_P99=$(awk '$1 == "99%" { print $2 }' "$f")
-	W_REQUESTS=$(awk '$2 == "requests" && $3 == "in" { print $1 }' "$f")
-	W_NON2XX=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$f")
-	W_SOCKET=$(awk '/Socket errors:/ { sub(/.*Socket errors: */, ""); print }' "$f")
-	W_NON2XX=${W_NON2XX:-0}
-	W_SOCKET=${W_SOCKET:-connect 0, read 0, write 0, timeout 0}
-	W_SOCKET_TOTAL=$(awk -v s="$W_SOCKET" 'BEGIN { n = split(s, a, /[ ,]+/); t = 0
-		for (i = 2; i <= n; i += 2) t += a[i]; print t }')
-	if [[ -z $W_RPS || -z $W_P50 || -z $W_P99 || -z $W_REQUESTS ]]; then
-		sed 's/^/    /' "$f" >&2
-		die "cannot read the figures from wrk's output ($f)"
-	fi
-	W_P50_MS=$(to_ms "$W_P50") || die "unexpected latency '$W_P50' in $f"
-	W_P99_MS=$(to_ms "$W_P99") || die "unexpected latency '$W_P99' in $f"
-}
-
-# A run with any failed request is not a valid measurement: errors are cheap
-# to answer (skewing throughput up) and timeouts are left out of wrk's
-# latency percentiles (skewing them down). Such a run is recorded in
-# RUN_ERRORS, which makes the script exit non-zero, but its figures are still
-# printed (marked INVALID) since they help to find out what went wrong. A run
-# in which nothing succeeded stops the script at once.
-RUN_ERRORS=()
-check_wrk_errors() {
-	local what=$1 f=$2 logfile=$3 log_offset=$4
-	[[ $W_REQUESTS -gt 0 ]] 2>/dev/null || die "$what: wrk completed no request"
-	if [[ $W_NON2XX == 0 && $W_SOCKET_TOTAL == 0 ]]; then
-		return 0
-	fi
-	local msg="$what: $W_NON2XX of $W_REQUESTS responses not 2xx/3xx; socket errors: $W_SOCKET"
-	log "error: $msg"
-	sed 's/^/    /' "$f" >&2
-	# The service log says why it refused requests; show each reason once,
-	# from the part of the log written during this run only.
-	log "errors in the storagesvc log ($logfile) during this run, by count:"
-	tail -c "+$((log_offset + 1))" "$logfile" | grep -v '"level":"INFO"' |
-		grep -o '"error":"[^"]*"' | sort | uniq -c | sort -rn | head -n 5 |
-		sed 's/^/    /' >&2 || true
-	if ((W_NON2XX >= W_REQUESTS)); then
-		die "$what: no request succeeded"
-	fi
-	RUN_ERRORS+=("$msg")
-}
-
-# verdict OP VALUE TARGET: "met" or "MISSED".
-verdict() {
-	awk -v op="$1" -v v="$2" -v t="$3" 'BEGIN {
-		ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 <= t + 0)
-		print ok ? "met" : "MISSED" }'
-}
-
-# Busy share of the machine's CPUs over the last second, to warn when
-# something else (a build, tests) would compete with the benchmark.
-warn_if_busy() {
-	local b1 t1 b2 t2 busy
-	read -r b1 t1 < <(machine_ticks)
-	sleep 1
-	read -r b2 t2 < <(machine_ticks)
-	busy=$(awk -v b=$((b2 - b1)) -v t=$((t2 - t1)) 'BEGIN { printf "%d", (t > 0 ? 100 * b / t : 0) }')
-	IDLE_BUSY_PCT=$busy
-	if ((busy > BUSY_WARN_PCT)); then
-		log "warning: the machine is already ${busy}% busy before the load starts; the figures will be lower than on an idle machine"
-	fi
-}
-
 # measure LABEL RUST_LOG LOGFILE: starts a fresh storagesvc (a fresh process,
 # so VmHWM covers this run only), warms up, measures, prints a summary block.
 measure() {
@@ -585,6 +345,7 @@ measure() {
 	local tag=$level
 	start_service "$level" "$logfile"
 	check_books
+	local url="http://127.0.0.1:$SVC_PORT/books" auth="Authorization: Bearer $TOKEN"
 
 	local rss_idle_kib
 	rss_idle_kib=$(proc_status_kib "$SVC_PID" VmRSS)
@@ -593,29 +354,23 @@ measure() {
 	log "warming up for ${WARMUP_S}s ($CONNECTIONS connections, $THREADS threads)"
 	local log_offset
 	log_offset=$(stat -c %s "$logfile")
-	run_wrk "$WARMUP_S" "$LOG_DIR/wrk-$tag-warmup.txt"
+	run_wrk "$WARMUP_S" "$LOG_DIR/wrk-$tag-warmup.txt" "$url" "$auth"
 	parse_wrk "$LOG_DIR/wrk-$tag-warmup.txt"
-	check_wrk_errors "warm-up ($level)" "$LOG_DIR/wrk-$tag-warmup.txt" "$logfile" "$log_offset"
+	check_wrk_errors "warm-up ($level)" "$LOG_DIR/wrk-$tag-warmup.txt" storagesvc "$logfile" "$log_offset"
 
 	log "measuring for ${DURATION_S}s"
 	# CPU use of each part during the measured run, to show where the two
 	# cores go: storagesvc, PostgreSQL, wrk, docker-proxy, and the rest
 	# (kernel network work not charged to a process, anything else running).
-	local cpu0 cpu1 pg0 pg1 wrk0 wrk1 px0="" px1="" mb0 mt0 mb1 mt1 t0 t1 sessions0 sessions1
+	local cpu0 cpu1 pg0 pg1 px0="" px1="" sessions0 sessions1
 	log_offset=$(stat -c %s "$logfile")
 	sessions0=$(pg_sessions)
 	cpu0=$(proc_cpu_ticks "$SVC_PID")
-	pg0=$(pg_cpu_ns)
-	[[ -z $PROXY_PID ]] || px0=$(proc_cpu_ticks "$PROXY_PID" 2>/dev/null || true)
-	wrk0=$(children_cpu_ticks)
-	read -r mb0 mt0 < <(machine_ticks)
-	t0=$EPOCHREALTIME
-	run_wrk "$DURATION_S" "$LOG_DIR/wrk-$tag.txt"
-	t1=$EPOCHREALTIME
-	read -r mb1 mt1 < <(machine_ticks)
-	wrk1=$(children_cpu_ticks)
-	pg1=$(pg_cpu_ns)
-	[[ -z $PROXY_PID ]] || px1=$(proc_cpu_ticks "$PROXY_PID" 2>/dev/null || true)
+	pg0=$(container_cpu_ns "$PG_PID")
+	[[ -z $PROXY_PID ]] || px0=$(proc_cpu_ticks "$PROXY_PID")
+	timed_wrk "$DURATION_S" "$LOG_DIR/wrk-$tag.txt" "$url" "$auth"
+	pg1=$(container_cpu_ns "$PG_PID")
+	[[ -z $PROXY_PID ]] || px1=$(proc_cpu_ticks "$PROXY_PID")
 	svc_alive || svc_fail "$logfile" "storagesvc died during the run"
 	cpu1=$(proc_cpu_ticks "$SVC_PID")
 	sessions1=$(pg_sessions)
@@ -626,7 +381,7 @@ measure() {
 
 	parse_wrk "$LOG_DIR/wrk-$tag.txt"
 	local errors_before=${#RUN_ERRORS[@]}
-	check_wrk_errors "measured run ($level)" "$LOG_DIR/wrk-$tag.txt" "$logfile" "$log_offset"
+	check_wrk_errors "measured run ($level)" "$LOG_DIR/wrk-$tag.txt" storagesvc "$logfile" "$log_offset"
 	local valid_note="none non-2xx/3xx; no socket errors or timeouts"
 	if ((${#RUN_ERRORS[@]} > errors_before)); then
 		valid_note="INVALID RUN: $W_NON2XX non-2xx/3xx, socket errors: $W_SOCKET"
@@ -634,9 +389,9 @@ measure() {
 
 	local hz cpu_line rps_int peak_mib idle_mib after_mib
 	hz=$(getconf CLK_TCK)
-	cpu_line=$(awk -v hz="$hz" -v secs="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
-		-v svc=$((cpu1 - cpu0)) -v wrk=$((wrk1 - wrk0)) -v pg0="$pg0" -v pg1="$pg1" \
-		-v px0="$px0" -v px1="$px1" -v busy=$((mb1 - mb0)) -v total=$((mt1 - mt0)) -v ncpu="$(nproc)" 'BEGIN {
+	cpu_line=$(awk -v hz="$hz" -v secs="$M_SECS" \
+		-v svc=$((cpu1 - cpu0)) -v wrk="$M_WRK_TICKS" -v pg0="$pg0" -v pg1="$pg1" \
+		-v px0="$px0" -v px1="$px1" -v busy="$M_BUSY_TICKS" -v total="$M_TOTAL_TICKS" -v ncpu="$(nproc)" 'BEGIN {
 			s = svc / hz / secs; w = wrk / hz / secs
 			all = (total > 0) ? ncpu * busy / total : 0
 			line = sprintf("storagesvc %.2f, wrk %.2f", s, w)
@@ -685,11 +440,8 @@ measure() {
 }
 
 print_machine() {
-	local model mem
-	model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-	mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 	{
-		echo "machine: $(nproc) CPUs${model:+ ($model)}, $mem RAM, $(uname -sr)"
+		echo "machine: $(machine_line)"
 		if [[ $PG_NETWORK == host ]]; then
 			echo "         wrk, storagesvc and PostgreSQL (Docker, host network, on 127.0.0.1)"
 		else
@@ -705,21 +457,11 @@ main() {
 	validate_settings
 	check_tools
 
-	trap cleanup EXIT
-	trap 'exit 130' INT
-	trap 'exit 143' TERM
-
-	if [[ -z $LOG_DIR ]]; then
-		LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/bench-storagesvc.XXXXXX")
-	else
-		mkdir -p -- "$LOG_DIR"
-		LOG_DIR=$(cd -- "$LOG_DIR" && pwd)
-	fi
+	begin_run bench-storagesvc
 	SUMMARY=$LOG_DIR/summary.txt
 	: >"$SUMMARY"
 	MISSED_ANY=()
 
-	local started=$SECONDS
 	build_service
 	start_postgres
 	# A fresh random credential per run: the service only ever listens on
@@ -731,27 +473,18 @@ main() {
 		measure "RUST_LOG=warn (no per-request log line; comparison only)" warn "$LOG_DIR/storagesvc-warn.log"
 	fi
 
+	local all_met=true
+	((${#MISSED_ANY[@]} == 0)) || all_met=false
 	{
 		echo
 		print_machine
 		echo "books:   GET /books returns $BOOKS_COUNT books, $BOOKS_BYTES bytes"
 		cat "$SUMMARY"
 		echo
-		if ((${#RUN_ERRORS[@]} > 0)); then
-			echo "result: ERROR, the figures are not valid:"
-			printf '        %s\n' "${RUN_ERRORS[@]}"
-		elif ((${#MISSED_ANY[@]} == 0)); then
-			echo "result: all targets met"
-		else
-			echo "result: targets MISSED (see the lines marked MISSED above)"
-		fi
-		echo "raw wrk output and logs: $LOG_DIR"
+		print_result "$all_met"
 	} | tee "$SUMMARY.tmp"
 	mv -f "$SUMMARY.tmp" "$SUMMARY"
-	log "done in $((SECONDS - started))s"
-	if ((${#RUN_ERRORS[@]} > 0)); then
-		die "requests failed during the load; see above"
-	fi
+	end_run
 }
 
 main "$@"
