@@ -529,14 +529,6 @@ ensure_image() {
 	"$build"
 	image_exists "$tag" || die "$tag was not created"
 	log "built $tag in $((SECONDS - start)) s"
-
-	# A changed binary leaves the previous image without a name; drop it,
-	# unless a container still uses it.
-	if [[ -n $previous ]] &&
-		[[ $(docker image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null) == 0 ]]; then
-		docker image rm "$previous" >/dev/null 2>&1 ||
-			log "keeping the previous image of $tag ($previous): a container still uses it"
-	fi
 }
 
 # One-time preparation, done only when some image has to be built.
