@@ -2,31 +2,10 @@
 //! booksvc's command line: `--help` documents every variable, a missing or bad value stops
 //! start-up with a message that names the variable.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
-/// Runs the binary to completion; a process still running after a few seconds has
-/// accepted a configuration it should have refused, so it is killed and the test fails.
-fn run(command: &mut Command) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(10) {
-            child.kill().unwrap();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "still running after 10 s (it started serving?):\n{}",
-                String::from_utf8_lossy(&output.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
+use system_tests::process::run_to_completion as run;
+use tokio::process::Command;
 
 /// booksvc with an otherwise valid environment: a free port, storagesvc and Redis on
 /// ports where nothing listens (neither is contacted before start-up succeeds).
@@ -54,11 +33,12 @@ fn assert_stopped_naming(output: &Output, variable: &str, what: &str) {
     );
 }
 
-#[test]
-fn help_lists_every_variable_with_its_default() {
+#[tokio::test]
+async fn help_lists_every_variable_with_its_default() {
     let output = run(Command::new(env!("CARGO_BIN_EXE_booksvc"))
         .arg("--help")
-        .env_clear());
+        .env_clear())
+    .await;
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
     for (variable, default) in [
@@ -101,23 +81,23 @@ fn help_lists_every_variable_with_its_default() {
     }
 }
 
-#[test]
-fn missing_storagesvc_url_stops_startup_naming_the_variable() {
+#[tokio::test]
+async fn missing_storagesvc_url_stops_startup_naming_the_variable() {
     for (what, value) in [("unset", None), ("empty", Some("")), ("blank", Some("  "))] {
         let mut command = booksvc();
         match value {
             None => command.env_remove("STORAGESVC_URL"),
             Some(value) => command.env("STORAGESVC_URL", value),
         };
-        let output = run(&mut command);
+        let output = run(&mut command).await;
         assert_stopped_naming(&output, "STORAGESVC_URL", &format!("{what} STORAGESVC_URL"));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("is not set"), "{what}: {stderr}");
     }
 }
 
-#[test]
-fn invalid_storagesvc_url_stops_startup_naming_the_variable() {
+#[tokio::test]
+async fn invalid_storagesvc_url_stops_startup_naming_the_variable() {
     for value in [
         "not a url",
         "storagesvc:8082",
@@ -125,7 +105,7 @@ fn invalid_storagesvc_url_stops_startup_naming_the_variable() {
         "http://storagesvc:8082/?limit=1",
         "http://user:s3cret@storagesvc:8082",
     ] {
-        let output = run(booksvc().env("STORAGESVC_URL", value));
+        let output = run(booksvc().env("STORAGESVC_URL", value)).await;
         assert_stopped_naming(
             &output,
             "STORAGESVC_URL",
@@ -139,8 +119,8 @@ fn invalid_storagesvc_url_stops_startup_naming_the_variable() {
     }
 }
 
-#[test]
-fn invalid_values_stop_startup_naming_the_variable() {
+#[tokio::test]
+async fn invalid_values_stop_startup_naming_the_variable() {
     for (variable, value) in [
         ("BIND_ADDR", "not-an-address"),
         ("REDIS_URL", "not-a-redis-url"),
@@ -165,7 +145,7 @@ fn invalid_values_stop_startup_naming_the_variable() {
         ("LOG_FORMAT", "xml"),
         ("SHUTDOWN_GRACE", "later"),
     ] {
-        let output = run(booksvc().env(variable, value));
+        let output = run(booksvc().env(variable, value)).await;
         assert_stopped_naming(&output, variable, &format!("{variable}={value}"));
     }
 }

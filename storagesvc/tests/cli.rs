@@ -1,37 +1,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! storagesvc's command line: `--help` documents every variable, bad values stop it.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use system_tests::process::run_to_completion as run;
+use tokio::process::Command;
 
-/// Runs the binary to completion; a process still running after a few seconds has
-/// accepted a configuration it should have refused, so it is killed and the test fails.
-fn run(command: &mut Command) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(10) {
-            child.kill().unwrap();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "still running after 10 s (it started serving?):\n{}",
-                String::from_utf8_lossy(&output.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-#[test]
-fn help_lists_every_variable_with_its_default() {
+#[tokio::test]
+async fn help_lists_every_variable_with_its_default() {
     let output = run(Command::new(env!("CARGO_BIN_EXE_storagesvc"))
         .arg("--help")
-        .env_clear());
+        .env_clear())
+    .await;
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
     for (variable, default) in [
@@ -58,8 +36,8 @@ fn help_lists_every_variable_with_its_default() {
     }
 }
 
-#[test]
-fn invalid_values_stop_startup_naming_the_variable() {
+#[tokio::test]
+async fn invalid_values_stop_startup_naming_the_variable() {
     for (variable, value) in [
         ("DB_ACQUIRE_TIMEOUT", "soon"),
         ("DATABASE_URL", "mysql://nope"),
@@ -71,7 +49,8 @@ fn invalid_values_stop_startup_naming_the_variable() {
             .env_clear()
             .env("BIND_ADDR", "127.0.0.1:0")
             .env("DATABASE_URL", "postgres://u:p@127.0.0.1:1/db")
-            .env(variable, value));
+            .env(variable, value))
+        .await;
         assert!(
             !output.status.success(),
             "{variable}={value} should stop start-up"
@@ -84,9 +63,9 @@ fn invalid_values_stop_startup_naming_the_variable() {
     }
 }
 
-#[test]
-fn missing_database_url_names_the_variable() {
-    let output = run(Command::new(env!("CARGO_BIN_EXE_storagesvc")).env_clear());
+#[tokio::test]
+async fn missing_database_url_names_the_variable() {
+    let output = run(Command::new(env!("CARGO_BIN_EXE_storagesvc")).env_clear()).await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");

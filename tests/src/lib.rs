@@ -8,6 +8,7 @@ pub mod containers;
 pub mod counting_proxy;
 pub mod logs;
 pub mod poll;
+pub mod process;
 pub mod proxy;
 pub mod server;
 pub mod storagesvc;
