@@ -54,17 +54,6 @@ validate_common_settings() {
 	[[ $READY_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "READY_TIMEOUT='$READY_TIMEOUT' is not a number of seconds"
 }
 
-# Runs a command as root, through sudo when needed (for apt-get only).
-as_root() {
-	if [[ $EUID -eq 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null; then
-		sudo -n "$@"
-	else
-		die "need root to run: $*"
-	fi
-}
-
 # Installs wrk from the Debian archive if it is missing. apt-get update only
 # runs when the first install attempt fails, since it is slow and usually
 # unnecessary.

@@ -133,17 +133,6 @@ parse_args() {
 	done
 }
 
-# Runs a command as root, through sudo when needed.
-as_root() {
-	if [[ $EUID -eq 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null; then
-		sudo -n "$@"
-	else
-		die "need root to run: $*"
-	fi
-}
-
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 check_docker() {
