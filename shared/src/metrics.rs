@@ -4,6 +4,7 @@
 //! one test process keep separate figures, exactly as two processes would.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Instant;
 
 use axum::Router;
@@ -16,6 +17,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -37,6 +39,7 @@ type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
 pub struct HttpMetrics {
     requests: Family<HttpLabels, Counter>,
     duration: HistogramFamily,
+    in_flight: Gauge<i64, AtomicI64>,
 }
 
 /// Latency buckets from 0.25 ms to about 8 s: fine enough to see a 1 ms cache hit and a
@@ -59,7 +62,17 @@ impl HttpMetrics {
             "Time to produce the response, by method, route and status",
             duration.clone(),
         );
-        Self { requests, duration }
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_server_requests_in_flight",
+            "HTTP requests being handled now",
+            in_flight.clone(),
+        );
+        Self {
+            requests,
+            duration,
+            in_flight,
+        }
     }
 
     fn observe(&self, labels: HttpLabels, seconds: f64) {
@@ -80,6 +93,10 @@ pub async fn track_http(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "<unmatched>".to_owned(), |path| path.as_str().to_owned());
+    // Decremented when the request ends, however it ends (a client that hangs up drops
+    // this future).
+    metrics.in_flight.inc();
+    let _in_flight = InFlight(metrics.in_flight.clone());
     let response = next.run(request).await;
     let labels = HttpLabels {
         method,
@@ -88,6 +105,14 @@ pub async fn track_http(
     };
     metrics.observe(labels, started.elapsed().as_secs_f64());
     response
+}
+
+struct InFlight(Gauge<i64, AtomicI64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// `GET /metrics` in the OpenMetrics text format, which Prometheus scrapes natively.

@@ -272,9 +272,23 @@ async fn a_hundred_concurrent_identical_cold_reads_make_one_upstream_call() {
             (response.status(), response.bytes().await.unwrap())
         });
     }
-    // The reads are held by the paused database for as long as the test wants; this wait
-    // only lets all hundred reach booksvc before the first call is released.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The reads are held by the paused database for as long as the test wants; release
+    // them once all hundred are inside booksvc (the scrape itself is one more in flight).
+    eventually(
+        Duration::from_secs(10),
+        "all hundred reads inside booksvc",
+        || async {
+            let metrics = stack.booksvc.get("/metrics").await.text().await.ok()?;
+            let in_flight: u32 = metrics
+                .lines()
+                .find_map(|line| line.strip_prefix("http_server_requests_in_flight "))?
+                .trim()
+                .parse()
+                .ok()?;
+            (in_flight > 100).then_some(())
+        },
+    )
+    .await;
     stack.db.unpause().await;
 
     let answers = reads.join_all().await;
