@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use system_tests::containers::{Faults, Postgres, free_port};
+use system_tests::metric_value;
 use system_tests::poll::eventually;
 use system_tests::storagesvc::TOKEN;
 
@@ -52,9 +53,25 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
             .send();
         async move { request.await.map(|r| r.status()) }
     });
-    // The request must have reached the server before the signal; it is then held by
-    // the paused database for as long as the test wants, so this is not a race on timing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The request must be inside the server before the signal (the scrape that checks
+    // is one more in flight); the paused database then holds it as long as the test wants.
+    eventually(
+        Duration::from_secs(5),
+        "the request is in flight in storagesvc",
+        || async {
+            let metrics = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let in_flight = metric_value(&metrics, "http_server_requests_in_flight")?;
+            (in_flight >= 2.0).then_some(())
+        },
+    )
+    .await;
     assert!(
         !in_flight.is_finished(),
         "the request should be waiting for the paused database"

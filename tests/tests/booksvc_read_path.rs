@@ -11,6 +11,7 @@ use redis::AsyncCommands;
 use reqwest::StatusCode;
 use system_tests::booksvc::{REQUEST_DEADLINE, TestBooksvc};
 use system_tests::containers::{Faults, Postgres, Redis};
+use system_tests::metric_value;
 use system_tests::poll::eventually;
 use system_tests::storagesvc::{TestStoragesvc, assert_problem};
 
@@ -194,11 +195,7 @@ async fn serves_last_good_list_when_database_is_stopped_and_recovers_when_it_ret
 
     // The metrics tell the same story.
     let metrics = stack.booksvc.get("/metrics").await.text().await.unwrap();
-    let value = |series: &str| -> Option<f64> {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-    };
+    let value = |series: &str| metric_value(&metrics, series);
     assert_eq!(
         value(r#"breaker_transitions_total{from="closed",to="open"}"#),
         Some(1.0),
@@ -278,14 +275,11 @@ async fn a_hundred_concurrent_identical_cold_reads_make_one_upstream_call() {
         Duration::from_secs(10),
         "all hundred reads inside booksvc",
         || async {
-            let metrics = stack.booksvc.get("/metrics").await.text().await.ok()?;
-            let in_flight: u32 = metrics
-                .lines()
-                .find_map(|line| line.strip_prefix("http_server_requests_in_flight "))?
-                .trim()
-                .parse()
-                .ok()?;
-            (in_flight > 100).then_some(())
+            let in_flight = stack
+                .booksvc
+                .metric("http_server_requests_in_flight")
+                .await?;
+            (in_flight > 100.0).then_some(())
         },
     )
     .await;
@@ -312,17 +306,13 @@ async fn a_hundred_concurrent_identical_cold_reads_make_one_upstream_call() {
         .text()
         .await
         .unwrap();
-    let list_calls = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                r#"http_server_requests_total{method="GET",route="/books",status="200"}"#,
-            )
-        })
-        .map(|n| n.trim().to_owned());
+    let list_calls = metric_value(
+        &metrics,
+        r#"http_server_requests_total{method="GET",route="/books",status="200"}"#,
+    );
     assert_eq!(
-        list_calls.as_deref(),
-        Some("1"),
+        list_calls,
+        Some(1.0),
         "storagesvc served the list once:\n{metrics}"
     );
 }

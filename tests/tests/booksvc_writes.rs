@@ -72,11 +72,7 @@ async fn books_titled(storagesvc: &TestStoragesvc, title: &str) -> usize {
 
 /// The value of one series in booksvc's `/metrics`, 0 when it has not appeared yet.
 async fn metric(booksvc: &TestBooksvc, series: &str) -> f64 {
-    let metrics = booksvc.get("/metrics").await.text().await.unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    booksvc.metric(series).await.unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
