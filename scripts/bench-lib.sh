@@ -54,22 +54,6 @@ validate_common_settings() {
 	[[ $READY_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "READY_TIMEOUT='$READY_TIMEOUT' is not a number of seconds"
 }
 
-# Installs wrk from the Debian archive if it is missing. apt-get update only
-# runs when the first install attempt fails, since it is slow and usually
-# unnecessary.
-ensure_wrk() {
-	command -v wrk >/dev/null && return 0
-	command -v apt-get >/dev/null || die "wrk is not installed and there is no apt-get to install it with"
-	log "installing wrk"
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2; then
-		log "install failed; refreshing the package lists and retrying"
-		as_root apt-get update -q </dev/null >&2 || die "apt-get update failed"
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2 ||
-			die "could not install wrk"
-	fi
-	command -v wrk >/dev/null || die "wrk is still missing after installing it"
-}
-
 # require_tools TOOL...: dies at the first one not installed.
 require_tools() {
 	local tool

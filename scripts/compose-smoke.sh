@@ -54,14 +54,7 @@ while (($#)); do
 	shift
 done
 
-# `docker compose` (the plugin users have) or the older `docker-compose`.
-if docker compose version >/dev/null 2>&1; then
-	COMPOSE=(docker compose)
-elif command -v docker-compose >/dev/null; then
-	COMPOSE=(docker-compose)
-else
-	die "neither 'docker compose' nor 'docker-compose' is installed"
-fi
+detect_compose
 compose() { "${COMPOSE[@]}" --project-name "$PROJECT" --project-directory "$ROOT_DIR" -f "$ROOT_DIR/docker-compose.yaml" "$@"; }
 
 export BOOKSVC_PORT=$PORT

@@ -28,4 +28,32 @@ as_root() {
 	fi
 }
 
+# Sets COMPOSE to `docker compose` (the plugin users have) or the older `docker-compose`.
+# shellcheck disable=SC2034 # for the script that sources this file
+detect_compose() {
+	if docker compose version >/dev/null 2>&1; then
+		COMPOSE=(docker compose)
+	elif command -v docker-compose >/dev/null; then
+		COMPOSE=(docker-compose)
+	else
+		die "neither 'docker compose' nor 'docker-compose' is installed"
+	fi
+}
+
+# Installs wrk from the Debian archive if it is missing. apt-get update only
+# runs when the first install attempt fails, since it is slow and usually
+# unnecessary.
+ensure_wrk() {
+	command -v wrk >/dev/null && return 0
+	command -v apt-get >/dev/null || die "wrk is not installed and there is no apt-get to install it with"
+	log "installing wrk"
+	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2; then
+		log "install failed; refreshing the package lists and retrying"
+		as_root apt-get update -q </dev/null >&2 || die "apt-get update failed"
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2 ||
+			die "could not install wrk"
+	fi
+	command -v wrk >/dev/null || die "wrk is still missing after installing it"
+}
+
 trap 'on_error "$LINENO" "$BASH_COMMAND"' ERR

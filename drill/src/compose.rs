@@ -1,0 +1,181 @@
+//! The compose stack under test: faults go in through the compose CLI, and health is read
+//! with the containers' own health checks.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::Command;
+use tokio::time::Instant;
+
+/// A compose project: `docker compose` (or the older `docker-compose`) with its files.
+pub struct Compose {
+    program: Vec<String>,
+    project: String,
+    files: Vec<PathBuf>,
+}
+
+/// How long a compose or docker command may take. Stopping PostgreSQL is the slowest
+/// (a fast shutdown, well under compose's own 10 s stop timeout).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Compose {
+    /// Finds the compose CLI: the `docker compose` plugin, else `docker-compose`.
+    pub async fn detect(project: String, files: Vec<PathBuf>) -> anyhow::Result<Self> {
+        let plugin = vec!["docker".to_owned(), "compose".to_owned()];
+        let standalone = vec!["docker-compose".to_owned()];
+        for program in [plugin, standalone] {
+            if output(&program, &["version"]).await.is_ok() {
+                return Ok(Self {
+                    program,
+                    project,
+                    files,
+                });
+            }
+        }
+        bail!("neither `docker compose` nor `docker-compose` works here")
+    }
+
+    async fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full: Vec<String> = vec!["--project-name".into(), self.project.clone()];
+        for file in &self.files {
+            full.push("-f".into());
+            full.push(file.display().to_string());
+        }
+        full.extend(args.iter().map(|arg| (*arg).to_owned()));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        output(&self.program, &full).await
+    }
+
+    /// `compose <action> <services…>`: stop, start, pause or unpause.
+    pub async fn act(&self, action: &str, services: &[String]) -> anyhow::Result<()> {
+        let mut args = vec![action];
+        args.extend(services.iter().map(String::as_str));
+        self.compose(&args).await.map(drop)
+    }
+
+    /// The container running `service`.
+    pub async fn container(&self, service: &str) -> anyhow::Result<String> {
+        let id = self.compose(&["ps", "-q", service]).await?;
+        let id = id.lines().next().unwrap_or_default().trim();
+        if id.is_empty() {
+            bail!(
+                "compose project {} has no container for {service}",
+                self.project
+            );
+        }
+        Ok(id.to_owned())
+    }
+
+    /// Every container of the project.
+    async fn containers(&self) -> anyhow::Result<Vec<String>> {
+        let ids = self.compose(&["ps", "-q"]).await?;
+        Ok(ids
+            .lines()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Waits until every container of the project reports healthy, or says which did not.
+    pub async fn wait_all_healthy(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut unhealthy = Vec::new();
+            let containers = self.containers().await?;
+            if containers.is_empty() {
+                bail!(
+                    "compose project {} has no containers: is the stack up?",
+                    self.project
+                );
+            }
+            for id in containers {
+                let state = docker(&[
+                    "inspect",
+                    "--format",
+                    "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+                    &id,
+                ])
+                .await?;
+                let state = state.trim();
+                if !(state.ends_with(" healthy") || state.ends_with(" running")) {
+                    unhealthy.push(state.trim_start_matches('/').to_owned());
+                }
+            }
+            if unhealthy.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("not healthy within {within:?}: {}", unhealthy.join(", "));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// A container's own health check, run on demand. Docker runs it only every few seconds;
+/// the drill runs it as often as it likes, to see the moment a service is healthy again.
+pub struct HealthCheck {
+    container: String,
+    command: Vec<String>,
+}
+
+impl HealthCheck {
+    pub async fn of(compose: &Compose, service: &str) -> anyhow::Result<Self> {
+        let container = compose.container(service).await?;
+        let test = docker(&[
+            "inspect",
+            "--format",
+            "{{json .Config.Healthcheck.Test}}",
+            &container,
+        ])
+        .await?;
+        let test: Vec<String> = serde_json::from_str(test.trim())
+            .with_context(|| format!("{service} has no health check to run ({})", test.trim()))?;
+        let command = match test.split_first() {
+            Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => rest.to_vec(),
+            Some((kind, [shell])) if kind == "CMD-SHELL" => {
+                vec!["sh".into(), "-c".into(), shell.clone()]
+            }
+            _ => bail!("{service}'s health check {test:?} cannot be run by the drill"),
+        };
+        Ok(Self { container, command })
+    }
+
+    pub async fn passes(&self) -> bool {
+        let mut args = vec!["exec", self.container.as_str()];
+        args.extend(self.command.iter().map(String::as_str));
+        docker(&args).await.is_ok()
+    }
+}
+
+async fn docker(args: &[&str]) -> anyhow::Result<String> {
+    output(&["docker".to_owned()], args).await
+}
+
+/// Runs `program args`, bounded in time, and returns its stdout; a failure carries its
+/// stderr.
+async fn output(program: &[String], args: &[&str]) -> anyhow::Result<String> {
+    let (first, rest) = program.split_first().context("no program")?;
+    let line = format!("{} {}", program.join(" "), args.join(" "));
+    let child = Command::new(first)
+        .args(rest)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child)
+        .await
+        .with_context(|| format!("`{line}` took longer than {COMMAND_TIMEOUT:?}"))?
+        .with_context(|| format!("could not run `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

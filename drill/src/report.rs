@@ -1,0 +1,371 @@
+//! The report: markdown tables, one chart per scenario, and the raw samples as CSV.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::analysis::{self, Findings, ms, secs};
+use crate::run::{Reached, ScenarioRun};
+use crate::schedule::Phase;
+use crate::throughput::Throughput;
+
+/// What the report is made of.
+pub struct Inputs<'a> {
+    pub generated: String,
+    pub command: String,
+    pub connections: u32,
+    pub throughput_secs: u64,
+    pub throughput: &'a [Throughput],
+    pub runs: &'a [ScenarioRun],
+    /// Where the charts are, relative to the report.
+    pub charts_dir: &'a str,
+}
+
+pub fn markdown(inputs: &Inputs<'_>) -> String {
+    let mut out = String::new();
+    let _ = write_report(&mut out, inputs);
+    out
+}
+
+fn write_report(out: &mut String, inputs: &Inputs<'_>) -> std::fmt::Result {
+    writeln!(
+        out,
+        "# Resilience report: booksvc and an nginx stale-if-error proxy, through real faults"
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Generated {} by `{}`. Every figure below comes from that run; nothing is edited by hand.",
+        inputs.generated, inputs.command
+    )?;
+    writeln!(out)?;
+    out.push_str(METHOD);
+    if let Some(run) = inputs.runs.first() {
+        writeln!(
+            out,
+            "This run: {} requests a second to each target, {} s baseline, {} s fault, {} s recovery.",
+            run.plan.rate,
+            run.plan.baseline.as_secs(),
+            run.plan.fault.as_secs(),
+            run.plan.recovery.as_secs()
+        )?;
+        writeln!(out)?;
+    }
+
+    if !inputs.throughput.is_empty() {
+        throughput_section(out, inputs)?;
+    }
+    let judged: Vec<_> = inputs
+        .runs
+        .iter()
+        .filter(|r| r.scenario.has_targets())
+        .collect();
+    if !judged.is_empty() {
+        promises_section(out, &judged)?;
+    }
+    for run in inputs.runs {
+        scenario_section(out, run, inputs.charts_dir)?;
+    }
+    out.push_str(NGINX_DIFFERENCES);
+    out.push_str(READING);
+    Ok(())
+}
+
+fn throughput_section(out: &mut String, inputs: &Inputs<'_>) -> std::fmt::Result {
+    writeln!(out, "## Throughput, healthy stack")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Closed loop: wrk, {} connections, {} s after a warm-up, one target at a time, `GET /books` (storagesvc directly with its bearer token).",
+        inputs.connections, inputs.throughput_secs
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| target | requests/s | p50 | p90 | p99 | max | non-2xx | socket errors |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    for t in inputs.throughput {
+        writeln!(
+            out,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            t.name,
+            t.per_second,
+            ms(t.p50),
+            ms(t.p90),
+            ms(t.p99),
+            ms(t.max),
+            t.non_2xx,
+            t.socket_errors
+        )?;
+    }
+    writeln!(out)?;
+    let find = |name: &str| inputs.throughput.iter().find(|t| t.name == name);
+    if let (Some(booksvc), Some(nginx)) = (find("booksvc"), find("nginx")) {
+        writeln!(
+            out,
+            "Target: booksvc's throughput ≥ nginx's: **{}** ({:.0} against {:.0} requests/s, {:.0}%). booksvc's p99 ≤ nginx's: **{}** ({} against {}).",
+            verdict(booksvc.per_second >= nginx.per_second),
+            booksvc.per_second,
+            nginx.per_second,
+            100.0 * booksvc.per_second / nginx.per_second.max(1.0),
+            verdict(booksvc.p99 <= nginx.p99),
+            ms(booksvc.p99),
+            ms(nginx.p99)
+        )?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn promises_section(out: &mut String, runs: &[&ScenarioRun]) -> std::fmt::Result {
+    writeln!(out, "## booksvc's promises, warm cache")?;
+    writeln!(out)?;
+    let mut header = false;
+    for run in runs {
+        let Some(target) = run.targets.iter().find(|t| t.target.name == "booksvc") else {
+            continue;
+        };
+        let findings = analysis::findings(run, target);
+        let checks = analysis::checks(run, target, &findings);
+        if !header {
+            write!(out, "| scenario |")?;
+            for check in &checks {
+                write!(out, " {} |", check.promise)?;
+            }
+            writeln!(out)?;
+            writeln!(out, "|---|{}", "---|".repeat(checks.len()))?;
+            header = true;
+        }
+        write!(out, "| {} |", run.scenario.name())?;
+        for check in &checks {
+            if check.met {
+                write!(out, " met: {} |", check.measured)?;
+            } else {
+                write!(out, " **MISSED: {}** |", check.measured)?;
+            }
+        }
+        writeln!(out)?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+fn scenario_section(out: &mut String, run: &ScenarioRun, charts_dir: &str) -> std::fmt::Result {
+    let name = run.scenario.name();
+    writeln!(out, "## {name}")?;
+    writeln!(out)?;
+    writeln!(out, "{}", run.scenario.what())?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Fault injected at {} (the command returned at {}), repaired at {} (returned at {}); the repaired services' own health checks passed again at {}.",
+        secs(run.fault_at),
+        secs(run.fault_done),
+        secs(run.repair_at),
+        secs(run.repair_done),
+        run.healthy_at
+            .map_or_else(|| "never (within 90 s)".into(), secs)
+    )?;
+    writeln!(out)?;
+    writeln!(out, "![{name} timeline]({charts_dir}/{name}.svg)")?;
+    writeln!(out)?;
+
+    let findings: Vec<Findings> = run
+        .targets
+        .iter()
+        .map(|t| analysis::findings(run, t))
+        .collect();
+    write!(out, "| |")?;
+    for target in &run.targets {
+        write!(out, " {} |", target.target.name)?;
+    }
+    writeln!(out)?;
+    writeln!(out, "|---|{}", "---:|".repeat(run.targets.len()))?;
+    let row = |out: &mut String, label: &str, cell: &dyn Fn(usize) -> String| -> std::fmt::Result {
+        write!(out, "| {label} |")?;
+        for index in 0..run.targets.len() {
+            write!(out, " {} |", cell(index))?;
+        }
+        writeln!(out)
+    };
+    row(out, "first stale answer after the fault", &|i| {
+        findings[i].first_stale.map_or_else(|| "none".into(), secs)
+    })?;
+    row(out, "first fresh answer after healthy again", &|i| {
+        findings[i]
+            .fresh_after_healthy
+            .map_or_else(|| "none".into(), secs)
+    })?;
+    row(
+        out,
+        "requests that reached storagesvc during the fault",
+        &|i| match &run.targets[i].reached {
+            Reached::Counted(count) => count.to_string(),
+            Reached::Stopped => "0 (stopped)".into(),
+            Reached::Unknown(why) => format!("unknown ({why})"),
+        },
+    )?;
+    row(out, "fault phase: p99 / max", &|i| {
+        let fault = findings[i].phase(Phase::Fault);
+        format!("{} / {}", ms(fault.p99), ms(fault.max))
+    })?;
+    row(
+        out,
+        "breaker open: requests, p99, max",
+        &|i| match &findings[i].while_open {
+            Some(open) if open.sent > 0 => {
+                format!("{}, {}, {}", open.sent, ms(open.p99), ms(open.max))
+            }
+            Some(_) => "never seen open".into(),
+            None => "no breaker".into(),
+        },
+    )?;
+    row(
+        out,
+        "breaker transitions",
+        &|i| match &run.targets[i].transitions {
+            Some(transitions) if transitions.is_empty() => "none".into(),
+            Some(transitions) => transitions
+                .iter()
+                .map(|(from, to, count)| format!("{from}→{to} ×{count}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            None if run.targets[i].breaker.is_some() => "unknown".into(),
+            None => "no breaker".into(),
+        },
+    )?;
+    writeln!(out)?;
+
+    writeln!(
+        out,
+        "| target | phase | sent | 2xx | stale | errors | p50 | p90 | p99 | max |"
+    )?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (target, found) in run.targets.iter().zip(&findings) {
+        for (phase, s) in &found.phases {
+            writeln!(
+                out,
+                "| {} | {phase} | {} | {:.1}% | {:.1}% | {:.1}% | {} | {} | {} | {} |",
+                target.target.name,
+                s.sent,
+                s.percent(s.ok),
+                s.percent(s.stale),
+                s.percent(s.errors),
+                ms(s.p50),
+                ms(s.p90),
+                ms(s.p99),
+                ms(s.max)
+            )?;
+        }
+    }
+    writeln!(out)?;
+    let errors: Vec<String> = run
+        .targets
+        .iter()
+        .flat_map(|t| {
+            let mut kinds: Vec<String> = t
+                .samples
+                .iter()
+                .filter(|s| s.class() == crate::sample::Class::Error)
+                .map(|s| match (&s.status, &s.error) {
+                    (Some(status), _) => format!("{}: HTTP {status}", t.target.name),
+                    (None, Some(error)) => format!("{}: {error}", t.target.name),
+                    (None, None) => format!("{}: no answer", t.target.name),
+                })
+                .collect();
+            kinds.sort();
+            let mut counted: Vec<String> = Vec::new();
+            let mut iter = kinds.into_iter().peekable();
+            while let Some(kind) = iter.next() {
+                let mut n = 1;
+                while iter.peek() == Some(&kind) {
+                    iter.next();
+                    n += 1;
+                }
+                counted.push(format!("{kind} ×{n}"));
+            }
+            counted
+        })
+        .collect();
+    if !errors.is_empty() {
+        writeln!(out, "Errors: {}.", errors.join("; "))?;
+        writeln!(out)?;
+    }
+    let lag = crate::stats::send_lag(run.targets.iter().flat_map(|t| t.samples.iter()));
+    writeln!(
+        out,
+        "Load generator check: requests went out {} late at p99, {} at worst.",
+        ms(lag.0),
+        ms(lag.1)
+    )?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+/// Every sample of every target of `run`, as CSV.
+pub fn write_samples(run: &ScenarioRun, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for target in &run.targets {
+        let mut csv =
+            String::from("due_s,latency_ms,send_lag_ms,status,cache_status,class,error\n");
+        for s in &target.samples {
+            let _ = writeln!(
+                csv,
+                "{:.6},{:.3},{:.3},{},\"{}\",{:?},\"{}\"",
+                s.due.as_secs_f64(),
+                s.latency.as_secs_f64() * 1000.0,
+                s.send_lag.as_secs_f64() * 1000.0,
+                s.status.map(|c| c.to_string()).unwrap_or_default(),
+                s.cache_status
+                    .as_deref()
+                    .unwrap_or_default()
+                    .replace('"', "'"),
+                s.class(),
+                s.error.as_deref().unwrap_or_default().replace('"', "'"),
+            );
+        }
+        let path = dir.join(format!(
+            "{}-{}.csv",
+            run.scenario.name(),
+            target.target.name
+        ));
+        std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+const METHOD: &str = "## How it is measured
+
+- **The stack** is the project's compose file plus `bench/docker-compose.drill.yaml`: booksvc → storagesvc → PostgreSQL, with Redis for booksvc's last good answers, and beside it nginx → a second storagesvc instance (same image, settings and database). Each proxy has its own storagesvc so that the requests reaching it can be counted from that instance's own `/metrics`; both share the database, Redis is booksvc's alone.
+- **The load** is open-loop: each request is sent when it is due, on a fixed schedule, whether or not earlier ones were answered, and its latency counts from when it was due. A stall therefore shows as latency instead of as fewer requests. booksvc and nginx get the same schedule at the same time, through the same fault, from one process on the same machine.
+- **Each answer** is *fresh* (2xx from the origin), *stale* (2xx with a `Cache-Status` that has the `hit` parameter: served from a stored copy) or an *error* (any other status, a timeout after 5 s, a refused or reset connection). Requests are attributed to the phase in which they were due.
+- **Faults** go in through the compose CLI (`stop`, `pause`) and are undone with `start` or `unpause`. *Healthy again* is the moment the repaired containers' own health checks (the ones in the compose file, run by the drill every 50 ms) all pass.
+- **Requests that reached storagesvc** during the fault are the growth of its `http_server_requests_total` on the API routes (health and metrics endpoints excluded) between the fault's injection and its repair. booksvc's breaker is read from its `/metrics` every 100 ms; a request counts as *breaker open* only when the readings before and after its due time both say open.
+- **Every sample** (due time, latency, status, `Cache-Status`) is written as CSV under `target/drill/` by the same run.
+
+";
+
+const NGINX_DIFFERENCES: &str = "## How nginx's policy differs from booksvc's
+
+The peer (`bench/nginx/`) is nginx from Debian's packages, configured to do what booksvc does as far as nginx can: it forwards every request to storagesvc while storagesvc answers, keeps every 200 answer for 24 h, and serves that copy when storagesvc errors, refuses or takes longer than 500 ms (booksvc's attempt timeout). What it cannot express:
+
+- **No circuit breaker.** Open-source nginx ignores `max_fails`/`fail_timeout` for an upstream group of one server, so every request still goes to a failing storagesvc and waits for it to fail. That is the difference the *fault phase* rows and the *requests that reached storagesvc* row show.
+- **No retries with a budget**: nginx makes one attempt (`proxy_next_upstream off`); booksvc retries once or twice within a budget of 20% of requests.
+- **No request coalescing** while storagesvc is healthy: `proxy_cache_lock` applies only to cache misses, and every request here bypasses the cache lookup.
+- **No `Age`** on stale answers, no caller deadline passed on (`x-request-timeout-ms`), and no shared copy across instances (its cache is a local directory; booksvc's is Redis plus memory).
+
+";
+
+const READING: &str = "## Reading the numbers
+
+- Everything runs on one machine: both proxies, both storagesvc instances, PostgreSQL, Redis and the load generator share its cores, so absolute latencies include that contention. The comparison is fair in that both proxies see the same load, at the same time, on the same machine.
+- The *load generator check* line under each scenario is the drill's own lateness in sending: when it is large, the machine, not the target, made requests late, and their latency (counted from when they were due) includes it.
+- *First fresh answer after healthy again* is zero when the first fresh answer came before the drill's health check saw the database healthy (the checks run every 50 ms and each takes tens of milliseconds).
+- booksvc's last good answer is the last answer it read: a write made through booksvc does not change it, so while storagesvc is down a deleted book can still be listed.
+";
