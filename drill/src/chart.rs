@@ -151,8 +151,9 @@ fn draw_panel(
         (Class::Stale, "stale", STALE),
         (Class::Error, "error", ERROR),
     ] {
-        // Requests that land on the same pixel draw the same dot: one is enough, and it
-        // keeps the file small (16,000 dots become a few thousand).
+        // Dots closer than a pixel or two (they are four across) look the same: one is
+        // drawn for each 2×2 pixel cell, which keeps the file small (16,000 requests
+        // become a few thousand dots).
         let mut seen = HashSet::new();
         let dots: Vec<(f64, f64)> = target
             .samples
@@ -162,7 +163,10 @@ fn draw_panel(
                 let ms = (sample.latency.as_secs_f64() * 1000.0).clamp(Y_MIN, Y_MAX);
                 (sample.due.as_secs_f64(), ms)
             })
-            .filter(|dot| seen.insert(chart.backend_coord(dot)))
+            .filter(|dot| {
+                let (x, y) = chart.backend_coord(dot);
+                seen.insert((x / 2, y / 2))
+            })
             .collect();
         let count = target.samples.iter().filter(|s| s.class() == class).count();
         chart

@@ -1,5 +1,5 @@
-//! The compose stack under test: faults go in through the compose CLI, and health is read
-//! with the containers' own health checks.
+//! The compose stack under test: its containers are found through the compose CLI, faults
+//! go in with the Docker CLI, and health is read with the containers' own health checks.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -48,11 +48,15 @@ impl Compose {
         output(&self.program, &full).await
     }
 
-    /// `compose <action> <services…>`: stop, start, pause or unpause.
-    pub async fn act(&self, action: &str, services: &[String]) -> anyhow::Result<()> {
-        let mut args = vec![action];
-        args.extend(services.iter().map(String::as_str));
-        self.compose(&args).await.map(drop)
+    /// The containers of `services`, looked up once before a run, so that a fault goes in
+    /// with one quick `docker` command rather than through compose, whose own start-up
+    /// (a second or more for `docker-compose`) would blur the moment of the fault.
+    pub async fn containers_of(&self, services: &[String]) -> anyhow::Result<Containers> {
+        let mut ids = Vec::new();
+        for service in services {
+            ids.push(self.container(service).await?);
+        }
+        Ok(Containers(ids))
     }
 
     /// The container running `service`.
@@ -112,6 +116,19 @@ impl Compose {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Containers of the project, to stop, start, pause or unpause together.
+pub struct Containers(Vec<String>);
+
+impl Containers {
+    /// `docker <action> <containers…>`: stop (with the stop signal and grace period the
+    /// compose file gives, as `compose stop` does), start, pause or unpause.
+    pub async fn act(&self, action: &str) -> anyhow::Result<()> {
+        let mut args = vec![action];
+        args.extend(self.0.iter().map(String::as_str));
+        docker(&args).await.map(drop)
     }
 }
 

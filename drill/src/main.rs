@@ -29,9 +29,9 @@ use crate::throughput::{Load, Throughput};
 const ABOUT: &str = "\
 Runs each SCENARIO against a running compose stack: open-loop load at a constant rate (each
 request sent when due, its latency counted from when it was due) through three phases,
-baseline, fault and recovery. The fault is injected with the compose CLI at the start of the
-fault phase and repaired at its end. booksvc and the nginx peer get the same load at the
-same time, through the same fault.
+baseline, fault and recovery. The fault goes in at the start of the fault phase (docker stop
+or pause on the compose project's containers) and is repaired at its end (start, unpause).
+booksvc and the nginx peer get the same load at the same time, through the same fault.
 
 Prints per-phase figures for every target; with --report, also writes the markdown report,
 one SVG timeline per scenario next to it, and every sample as CSV under --samples-dir.

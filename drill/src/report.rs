@@ -345,7 +345,7 @@ const METHOD: &str = "## How it is measured
 - **The stack** is the project's compose file plus `bench/docker-compose.drill.yaml`: booksvc → storagesvc → PostgreSQL, with Redis for booksvc's last good answers, and beside it nginx → a second storagesvc instance (same image, settings and database). Each proxy has its own storagesvc so that the requests reaching it can be counted from that instance's own `/metrics`; both share the database, Redis is booksvc's alone.
 - **The load** is open-loop: each request is sent when it is due, on a fixed schedule, whether or not earlier ones were answered, and its latency counts from when it was due. A stall therefore shows as latency instead of as fewer requests. booksvc and nginx get the same schedule at the same time, through the same fault, from one process on the same machine.
 - **Each answer** is *fresh* (2xx from the origin), *stale* (2xx with a `Cache-Status` that has the `hit` parameter: served from a stored copy) or an *error* (any other status, a timeout after 5 s, a refused or reset connection). Requests are attributed to the phase in which they were due.
-- **Faults** go in through the compose CLI (`stop`, `pause`) and are undone with `start` or `unpause`. *Healthy again* is the moment the repaired containers' own health checks (the ones in the compose file, run by the drill every 50 ms) all pass.
+- **Faults** go in with the Docker CLI on the compose project's containers (`docker stop`, which uses the stop signal the compose file sets, or `docker pause`) and are undone with `start` or `unpause`. The fault's moment is when that command is issued; the report also gives when it returned. *Healthy again* is the moment the repaired containers' own health checks (the ones in the compose file, run by the drill every 50 ms) all pass.
 - **Requests that reached storagesvc** during the fault are the growth of its `http_server_requests_total` on the API routes (health and metrics endpoints excluded) between the fault's injection and its repair. booksvc's breaker is read from its `/metrics` every 100 ms; a request counts as *breaker open* only when the readings before and after its due time both say open.
 - **Every sample** (due time, latency, status, `Cache-Status`) is written as CSV under `target/drill/` by the same run.
 
@@ -353,12 +353,15 @@ const METHOD: &str = "## How it is measured
 
 const NGINX_DIFFERENCES: &str = "## How nginx's policy differs from booksvc's
 
-The peer (`bench/nginx/`) is nginx from Debian's packages, configured to do what booksvc does as far as nginx can: it forwards every request to storagesvc while storagesvc answers, keeps every 200 answer for 24 h, and serves that copy when storagesvc errors, refuses or takes longer than 500 ms (booksvc's attempt timeout). What it cannot express:
+The peer (`bench/nginx/`) is nginx 1.22 from Debian's packages, configured to do what booksvc does as far as nginx can: every read goes to storagesvc while storagesvc answers (`proxy_cache_bypass`: the lookup is skipped, the 200 answer still stored, for 24 h); one attempt of at most 500 ms (booksvc's attempt timeout), no retry; when it fails (a 5xx, refused, timed out) the stored copy is served, marked `Cache-Status: nginx; hit`; with nothing stored, a 503 at once. It tells storagesvc its 500 ms bound in `x-request-timeout-ms`, as booksvc does. The comments in `bench/nginx/nginx.conf.template` say why each directive is there. What it cannot express:
 
-- **No circuit breaker.** Open-source nginx ignores `max_fails`/`fail_timeout` for an upstream group of one server, so every request still goes to a failing storagesvc and waits for it to fail. That is the difference the *fault phase* rows and the *requests that reached storagesvc* row show.
-- **No retries with a budget**: nginx makes one attempt (`proxy_next_upstream off`); booksvc retries once or twice within a budget of 20% of requests.
-- **No request coalescing** while storagesvc is healthy: `proxy_cache_lock` applies only to cache misses, and every request here bypasses the cache lookup.
-- **No `Age`** on stale answers, no caller deadline passed on (`x-request-timeout-ms`), and no shared copy across instances (its cache is a local directory; booksvc's is Redis plus memory).
+- **No circuit breaker.** Open-source nginx ignores `max_fails`/`fail_timeout` for an upstream group of one server, so every request still goes to a failing storagesvc and waits for it to fail. The *fault phase* rows and the *requests that reached storagesvc* row show the cost.
+- **No retries, so no retry budget**: nginx retries only by moving to another server of the group, and there is one; booksvc retries once or twice within a budget of 20% of requests.
+- **No coalescing** of identical concurrent reads: `proxy_cache_lock` holds back only requests that look the cache up and miss, and here every read bypasses the lookup.
+- **No request deadline**: the 500 ms it announces is fixed, not what a caller's deadline still leaves.
+- **No `Age`** on stale answers (storagesvc's `Date` is kept with the copy instead), and no health probe that ends an outage early.
+- **A local copy**: the cache is files (a tmpfs in the drill's compose file), one per nginx instance; booksvc keeps its copies in Redis, shared, and in memory.
+- **Names are resolved once**: nginx 1.22 resolves an upstream's name only when it loads its configuration. The image's entrypoint therefore re-resolves storagesvc every second and reloads nginx when the address changes, marking the server down while the name does not resolve (a stopped container). That is what lets nginx answer from its copy at once, instead of after a 500 ms timeout, within about a second of storagesvc stopping.
 
 ";
 

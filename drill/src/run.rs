@@ -107,6 +107,7 @@ pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Resul
     for target in &stack.targets {
         warm_up(&client, target).await?;
     }
+    let containers = stack.compose.containers_of(&faulted).await?;
     let mut checks = Vec::new();
     for service in &faulted {
         checks.push(HealthCheck::of(&stack.compose, service).await?);
@@ -142,10 +143,7 @@ pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Resul
         scenario.action().inject(),
         faulted.join(" ")
     ));
-    stack
-        .compose
-        .act(scenario.action().inject(), &faulted)
-        .await?;
+    containers.act(scenario.action().inject()).await?;
     let fault_done = start.elapsed();
 
     tokio::time::sleep_until(start + plan.fault_end()).await;
@@ -165,10 +163,7 @@ pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Resul
         scenario.action().repair(),
         faulted.join(" ")
     ));
-    stack
-        .compose
-        .act(scenario.action().repair(), &faulted)
-        .await?;
+    containers.act(scenario.action().repair()).await?;
     let repair_done = start.elapsed();
     let healthy_at = wait_healthy(&checks, start).await;
 

@@ -92,13 +92,13 @@ impl Scenario {
     pub fn what(self) -> &'static str {
         match self {
             Scenario::DatabaseStop => {
-                "PostgreSQL is stopped (`compose stop database`): storagesvc's queries fail at once and it answers 503."
+                "PostgreSQL is stopped (`docker stop`, with the compose file's stop signal, SIGINT: a fast shutdown): storagesvc's queries fail at once and it answers 503."
             }
             Scenario::DatabasePause => {
-                "PostgreSQL is paused (`compose pause database`): queries hang, and storagesvc answers 503 only when its own time bound runs out."
+                "PostgreSQL is paused (`docker pause`): queries hang, and storagesvc answers 503 only when its own time bound runs out."
             }
             Scenario::StoragesvcStop => {
-                "Every storagesvc instance is stopped (`compose stop storagesvc storagesvc-peer`): connections are refused."
+                "Every storagesvc instance is stopped (`docker stop`): connections are refused."
             }
             Scenario::RedisStop => {
                 "Redis is stopped: booksvc loses the shared copy of its last good answers, storagesvc is fine."

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Regenerates docs/resilience-report.md and its charts: starts the stack with the drill's
+# additions (bench/docker-compose.drill.yaml: the nginx peer, a storagesvc for it,
+# published ports), runs the failure drill on every scenario with the closed-loop
+# throughput comparison first, and removes the stack again, on failure too.
+#
+# Images: with STORAGESVC_IMAGE and BOOKSVC_IMAGE set (scripts/offline-images.sh prints
+# them) the stack starts from those with `up --no-build`; otherwise compose builds the
+# Dockerfiles, which needs a registry for the base images. The nginx peer's image is
+# built by bench/nginx/build-image.sh either way.
+#
+# Runs under its own compose project name, bookstore-drill, so it never touches a stack
+# you started yourself. Uses host ports 18080 to 18083 on 127.0.0.1. Takes about
+# 11 minutes; arguments after `--` go to the drill (for example `-- database-stop` for
+# one scenario, or `-- --rate 100 all`).
+
+set -Eeuo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
+ROOT_DIR=$(cd -- "$SCRIPT_DIR/.." && pwd)
+readonly ROOT_DIR
+LOG_PREFIX=drill-report
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"
+
+readonly PROJECT=bookstore-drill
+readonly REPORT=docs/resilience-report.md
+
+usage() {
+	sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+	cat <<EOF
+Usage: ${0##*/} [--keep] [--help] [-- DRILL_ARGUMENTS...]
+
+  --keep      leave the stack running at the end; remove it later with
+              docker compose -p $PROJECT -f docker-compose.yaml -f bench/docker-compose.drill.yaml down -v
+EOF
+}
+
+KEEP=false
+DRILL_ARGS=()
+while (($#)); do
+	case $1 in
+	--keep) KEEP=true ;;
+	-h | --help) usage && exit 0 ;;
+	--)
+		shift
+		DRILL_ARGS=("$@")
+		break
+		;;
+	*) die "unknown argument '$1' (see --help)" ;;
+	esac
+	shift
+done
+((${#DRILL_ARGS[@]})) || DRILL_ARGS=(--throughput all --report "$REPORT")
+
+cd "$ROOT_DIR"
+detect_compose
+compose() {
+	"${COMPOSE[@]}" --project-name "$PROJECT" --project-directory "$ROOT_DIR" \
+		-f docker-compose.yaml -f bench/docker-compose.drill.yaml "$@"
+}
+
+started=$SECONDS
+step() { log "[$(printf '%4d' $((SECONDS - started)))s] $*"; }
+
+teardown() {
+	local rc=$?
+	if ((rc != 0)); then
+		log "failed; the last lines of each service's log:"
+		compose logs --no-color --tail=20 >&2 || true
+	fi
+	if $KEEP; then
+		log "stack left running (--keep)"
+	else
+		compose down -v --remove-orphans >/dev/null 2>&1 || true
+	fi
+	exit "$rc"
+}
+
+step "wrk, for the throughput comparison"
+ensure_wrk
+
+step "the nginx peer's image: bench/nginx/build-image.sh"
+eval "$(bench/nginx/build-image.sh)"
+
+step "the drill: cargo build --release -p drill"
+cargo build --release --locked -p drill
+
+if [[ -n ${STORAGESVC_IMAGE:-} && -n ${BOOKSVC_IMAGE:-} ]]; then
+	UP=(up -d --no-build)
+else
+	UP=(up -d --build)
+fi
+step "the stack: compose -p $PROJECT ${UP[*]}"
+# A stack left by an earlier run that was interrupted would hold the ports.
+compose down -v --remove-orphans >/dev/null 2>&1 || true
+trap teardown EXIT
+export BOOKSVC_PORT=18081
+compose "${UP[@]}"
+
+step "the drill: drill ${DRILL_ARGS[*]}"
+target/release/drill "${DRILL_ARGS[@]}"
+
+step "done: $REPORT"
