@@ -37,12 +37,14 @@ impl Findings {
 
 pub fn findings(run: &ScenarioRun, target: &TargetRun) -> Findings {
     let samples = &target.samples;
+    let timing = &target.timing;
     Findings {
         phases: by_phase(&run.plan, samples),
-        first_stale: first_answer(samples, Class::Stale, run.fault_at)
-            .map(|at| at.saturating_sub(run.fault_at)),
-        fresh_after_healthy: run.healthy_at.and_then(|healthy| {
-            first_answer(samples, Class::Fresh, run.repair_at).map(|at| at.saturating_sub(healthy))
+        first_stale: first_answer(samples, Class::Stale, timing.fault_at)
+            .map(|at| at.saturating_sub(timing.fault_at)),
+        fresh_after_healthy: timing.healthy_at.and_then(|healthy| {
+            first_answer(samples, Class::Fresh, timing.repair_at)
+                .map(|at| at.saturating_sub(healthy))
         }),
         while_open: target
             .breaker
@@ -126,8 +128,8 @@ pub fn checks(run: &ScenarioRun, target: &TargetRun, findings: &Findings) -> Vec
     checks.push(match &target.reached {
         Reached::Counted(count) => Check {
             promise: format!("≤ {allowed} requests reach storagesvc during the fault"),
-            measured: count.to_string(),
-            met: *count <= allowed,
+            measured: count.total.to_string(),
+            met: count.total <= allowed,
         },
         Reached::Stopped => Check {
             promise: format!("≤ {allowed} requests reach storagesvc during the fault"),
@@ -168,7 +170,7 @@ pub fn secs(duration: Duration) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::run::Target;
+    use crate::run::{Target, Timing};
     use crate::scenario::Scenario;
 
     fn plan() -> Plan {
@@ -224,12 +226,14 @@ pub(crate) mod tests {
         ScenarioRun {
             scenario: Scenario::DatabaseStop,
             plan,
-            fault_at: Duration::from_millis(2000),
-            fault_done: Duration::from_millis(2100),
-            repair_at: Duration::from_millis(5000),
-            repair_done: Duration::from_millis(5100),
-            healthy_at: Some(Duration::from_millis(5400)),
             targets: vec![TargetRun {
+                timing: Timing {
+                    fault_at: Duration::from_millis(2000),
+                    fault_done: Duration::from_millis(2100),
+                    repair_at: Duration::from_millis(5000),
+                    repair_done: Duration::from_millis(5100),
+                    healthy_at: Some(Duration::from_millis(5400)),
+                },
                 target: Target {
                     name: "booksvc".into(),
                     url: String::new(),
@@ -240,7 +244,7 @@ pub(crate) mod tests {
                 samples,
                 breaker: Some(breaker),
                 transitions: None,
-                reached: Reached::Counted(4),
+                reached: Reached::Counted(crate::metrics::ApiRequests { total: 4, ok: 0 }),
             }],
         }
     }

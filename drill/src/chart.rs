@@ -123,8 +123,8 @@ fn draw_panel(
         .map_err(plot_error)?;
 
     let fault = [
-        (run.fault_at.as_secs_f64(), Y_MIN),
-        (run.repair_at.as_secs_f64(), Y_MAX),
+        (target.timing.fault_at.as_secs_f64(), Y_MIN),
+        (target.timing.repair_at.as_secs_f64(), Y_MAX),
     ];
     chart
         .draw_series(std::iter::once(Rectangle::new(
@@ -134,7 +134,7 @@ fn draw_panel(
         .map_err(plot_error)?
         .label("fault")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], FAULT.mix(0.3).filled()));
-    if let Some(healthy) = run.healthy_at {
+    if let Some(healthy) = target.timing.healthy_at {
         let x = healthy.as_secs_f64();
         chart
             .draw_series(LineSeries::new(

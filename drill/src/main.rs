@@ -31,13 +31,14 @@ Runs each SCENARIO against a running compose stack: open-loop load at a constant
 request sent when due, its latency counted from when it was due) through three phases,
 baseline, fault and recovery. The fault goes in at the start of the fault phase (docker stop
 or pause on the compose project's containers) and is repaired at its end (start, unpause).
-booksvc and the nginx peer get the same load at the same time, through the same fault.
+Each scenario runs against booksvc, then against the nginx peer, with the same load and
+the same fault, one target at a time.
 
 Prints per-phase figures for every target; with --report, also writes the markdown report,
 one SVG timeline per scenario next to it, and every sample as CSV under --samples-dir.
 
-The stack is the project's docker-compose.yaml plus bench/docker-compose.drill.yaml (nginx,
-a second storagesvc for it, published ports). scripts/drill-report.sh starts it, runs
+The stack is the project's docker-compose.yaml plus bench/docker-compose.drill.yaml (nginx
+in front of the same storagesvc, published ports). scripts/drill-report.sh starts it, runs
 `drill --throughput all --report docs/resilience-report.md` and removes it again.";
 
 /// The failure drill.
@@ -71,15 +72,12 @@ struct Cli {
     /// booksvc's metrics (its breaker).
     #[arg(long, default_value = "http://127.0.0.1:18081/metrics")]
     booksvc_metrics: String,
-    /// Metrics of the storagesvc instance booksvc calls.
+    /// storagesvc's metrics (the requests that reached it).
     #[arg(long, default_value = "http://127.0.0.1:18082/metrics")]
     storagesvc_metrics: String,
     /// What the load reads from the nginx peer.
     #[arg(long, default_value = "http://127.0.0.1:18080/books")]
     nginx_url: String,
-    /// Metrics of the storagesvc instance nginx calls.
-    #[arg(long, default_value = "http://127.0.0.1:18083/metrics")]
-    nginx_storagesvc_metrics: String,
     /// Drill booksvc alone (a stack without the nginx peer).
     #[arg(long)]
     no_nginx: bool,
@@ -96,12 +94,8 @@ struct Cli {
     /// The compose services that are "Redis".
     #[arg(long, value_delimiter = ',', default_value = "redis")]
     redis_services: Vec<String>,
-    /// booksvc's storagesvc, then nginx's: both are stopped by storagesvc-stop.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "storagesvc,storagesvc-peer"
-    )]
+    /// The compose services that are "storagesvc".
+    #[arg(long, value_delimiter = ',', default_value = "storagesvc")]
     storagesvc_services: Vec<String>,
 
     /// First measure closed-loop throughput (wrk) of booksvc, nginx and storagesvc directly.
@@ -184,12 +178,6 @@ async fn drill(cli: Cli) -> anyhow::Result<()> {
 
     let mut runs = Vec::new();
     for scenario in scenarios {
-        progress(&format!(
-            "{}: {} s at {} requests/s per target",
-            scenario.name(),
-            plan.total().as_secs(),
-            plan.rate
-        ));
         let run = run::run(&stack, scenario, plan)
             .await
             .with_context(|| format!("scenario {}", scenario.name()))?;
@@ -216,8 +204,8 @@ async fn stack(cli: &Cli) -> anyhow::Result<Stack> {
         targets.push(Target {
             name: "nginx".into(),
             url: cli.nginx_url.clone(),
-            upstream_metrics: cli.nginx_storagesvc_metrics.clone(),
-            upstream_service: cli.storagesvc_services.get(1).cloned().unwrap_or_default(),
+            upstream_metrics: cli.storagesvc_metrics.clone(),
+            upstream_service: cli.storagesvc_services.first().cloned().unwrap_or_default(),
             breaker_metrics: None,
         });
     }

@@ -50,21 +50,46 @@ fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
         })
 }
 
-/// Requests a storagesvc instance has answered on its API routes: everything but its own
-/// health and metrics endpoints, which the orchestrator and the drill call.
-pub fn api_requests(text: &str) -> Option<u64> {
+/// Requests a storagesvc instance has answered on its API routes: all, and those answered
+/// 2xx.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiRequests {
+    pub total: u64,
+    pub ok: u64,
+}
+
+impl ApiRequests {
+    pub fn since(self, earlier: ApiRequests) -> ApiRequests {
+        ApiRequests {
+            total: self.total.saturating_sub(earlier.total),
+            ok: self.ok.saturating_sub(earlier.ok),
+        }
+    }
+}
+
+/// [`ApiRequests`] from storagesvc's `/metrics`: its book routes, `/books` and
+/// `/books/{id}`, leaving out its health and metrics endpoints, which the orchestrator,
+/// booksvc's health probe and the drill call.
+pub fn api_requests(text: &str) -> Option<ApiRequests> {
     let mut found = false;
-    let total: f64 = lines(text)
-        .filter(|line| line.name == "http_server_requests_total")
-        .inspect(|_| found = true)
-        .filter(|line| {
-            line.label("route")
-                .is_some_and(|route| !route.starts_with("/health") && route != "/metrics")
-        })
-        .map(|line| line.value)
-        .sum();
+    let mut requests = ApiRequests::default();
+    for line in lines(text).filter(|line| line.name == "http_server_requests_total") {
+        found = true;
+        let api = line
+            .label("route")
+            .is_some_and(|route| route == "/books" || route.starts_with("/books/"));
+        if api {
+            requests.total += line.value as u64;
+            if line
+                .label("status")
+                .is_some_and(|status| status.starts_with('2'))
+            {
+                requests.ok += line.value as u64;
+            }
+        }
+    }
     // No family at all means this is not the service we think it is.
-    found.then_some(total as u64)
+    found.then_some(requests)
 }
 
 /// booksvc's breaker state: 0 closed, 1 half-open, 2 open.
@@ -158,8 +183,8 @@ mod tests {
 http_server_requests_total{method="GET",route="/books",status="200"} 120
 http_server_requests_total{method="GET",route="/books",status="503"} 7
 http_server_requests_total{method="GET",route="/books/{id}",status="200"} 3
-http_server_requests_total{method="GET",route="/health/ready",status="200"} 40
-http_server_requests_total{method="GET",route="/health/live",status="200"} 2
+http_server_requests_total{method="GET",route="/.well-known/health",status="503"} 40
+http_server_requests_total{method="GET",route="/.well-known/live",status="200"} 2
 http_server_requests_total{method="GET",route="/metrics",status="200"} 9
 # EOF
 "#;
@@ -175,7 +200,13 @@ breaker_state 2
 
     #[test]
     fn api_requests_leave_out_health_and_metrics() {
-        assert_eq!(api_requests(STORAGESVC), Some(130));
+        assert_eq!(
+            api_requests(STORAGESVC),
+            Some(ApiRequests {
+                total: 130,
+                ok: 123
+            })
+        );
         assert_eq!(api_requests("# EOF\n"), None);
     }
 

@@ -158,17 +158,6 @@ fn scenario_section(out: &mut String, run: &ScenarioRun, charts_dir: &str) -> st
     writeln!(out)?;
     writeln!(out, "{}", run.scenario.what())?;
     writeln!(out)?;
-    writeln!(
-        out,
-        "Fault injected at {} (the command returned at {}), repaired at {} (returned at {}); the repaired services' own health checks passed again at {}.",
-        secs(run.fault_at),
-        secs(run.fault_done),
-        secs(run.repair_at),
-        secs(run.repair_done),
-        run.healthy_at
-            .map_or_else(|| "never (within 90 s)".into(), secs)
-    )?;
-    writeln!(out)?;
     writeln!(out, "![{name} timeline]({charts_dir}/{name}.svg)")?;
     writeln!(out)?;
 
@@ -190,6 +179,20 @@ fn scenario_section(out: &mut String, run: &ScenarioRun, charts_dir: &str) -> st
         }
         writeln!(out)
     };
+    row(out, "fault injected at (command returned at)", &|i| {
+        let timing = &run.targets[i].timing;
+        format!("{} ({})", secs(timing.fault_at), secs(timing.fault_done))
+    })?;
+    row(out, "repaired at (returned at)", &|i| {
+        let timing = &run.targets[i].timing;
+        format!("{} ({})", secs(timing.repair_at), secs(timing.repair_done))
+    })?;
+    row(out, "health checks passing again at", &|i| {
+        run.targets[i]
+            .timing
+            .healthy_at
+            .map_or_else(|| "not within 90 s".into(), secs)
+    })?;
     row(out, "first stale answer after the fault", &|i| {
         findings[i].first_stale.map_or_else(|| "none".into(), secs)
     })?;
@@ -202,7 +205,10 @@ fn scenario_section(out: &mut String, run: &ScenarioRun, charts_dir: &str) -> st
         out,
         "requests that reached storagesvc during the fault",
         &|i| match &run.targets[i].reached {
-            Reached::Counted(count) => count.to_string(),
+            Reached::Counted(count) if count.ok > 0 => {
+                format!("{} ({} answered 2xx)", count.total, count.ok)
+            }
+            Reached::Counted(count) => count.total.to_string(),
             Reached::Stopped => "0 (stopped)".into(),
             Reached::Unknown(why) => format!("unknown ({why})"),
         },
@@ -342,12 +348,13 @@ pub fn write_samples(run: &ScenarioRun, dir: &Path) -> anyhow::Result<()> {
 
 const METHOD: &str = "## How it is measured
 
-- **The stack** is the project's compose file plus `bench/docker-compose.drill.yaml`: booksvc → storagesvc → PostgreSQL, with Redis for booksvc's last good answers, and beside it nginx → a second storagesvc instance (same image, settings and database). Each proxy has its own storagesvc so that the requests reaching it can be counted from that instance's own `/metrics`; both share the database, Redis is booksvc's alone.
-- **The load** is open-loop: each request is sent when it is due, on a fixed schedule, whether or not earlier ones were answered, and its latency counts from when it was due. A stall therefore shows as latency instead of as fewer requests. booksvc and nginx get the same schedule at the same time, through the same fault, from one process on the same machine.
+- **The stack** is the project's compose file plus `bench/docker-compose.drill.yaml`: booksvc → storagesvc → PostgreSQL, with Redis for booksvc's last good answers, and nginx (the peer) in front of the same storagesvc. Everything runs on one 2-core machine, the load generator included.
+- **Each scenario runs twice, one target at a time**: booksvc, then nginx, with the same schedule and the same fault. One at a time so that each is measured with the machine to itself (run together, nginx's doomed requests kept storagesvc busy through the fault and showed in booksvc's latency), and so that the requests reaching storagesvc during the fault are that target's alone.
+- **The load** is open-loop: each request is sent when it is due, on a fixed schedule, whether or not earlier ones were answered, and its latency counts from when it was due. A stall therefore shows as latency instead of as fewer requests.
 - **Each answer** is *fresh* (2xx from the origin), *stale* (2xx with a `Cache-Status` that has the `hit` parameter: served from a stored copy) or an *error* (any other status, a timeout after 5 s, a refused or reset connection). Requests are attributed to the phase in which they were due.
-- **Faults** go in with the Docker CLI on the compose project's containers (`docker stop`, which uses the stop signal the compose file sets, or `docker pause`) and are undone with `start` or `unpause`. The fault's moment is when that command is issued; the report also gives when it returned. *Healthy again* is the moment the repaired containers' own health checks (the ones in the compose file, run by the drill every 50 ms) all pass.
-- **Requests that reached storagesvc** during the fault are the growth of its `http_server_requests_total` on the API routes (health and metrics endpoints excluded) between the fault's injection and its repair. booksvc's breaker is read from its `/metrics` every 100 ms; a request counts as *breaker open* only when the readings before and after its due time both say open.
-- **Every sample** (due time, latency, status, `Cache-Status`) is written as CSV under `target/drill/` by the same run.
+- **Faults** go in with the Docker CLI on the compose project's containers (`docker stop`, which uses the stop signal the compose file sets, or `docker pause`) and are undone with `start` or `unpause`. The fault's moment is when that command is issued; the tables also give when it returned. *Health checks passing again* is the moment the repaired containers' own health checks (the ones in the compose file, run by the drill every 50 ms) all pass.
+- **Requests that reached storagesvc** during the fault are the growth of its `http_server_requests_total` on the book routes (its health and metrics endpoints left out) between the fault's injection and its repair; those it answered 2xx were served before the fault took effect. booksvc's breaker is read from its `/metrics` every 100 ms; a request counts as *breaker open* only when the readings before and after its due time both say open.
+- **Every sample** (due time, latency, send lag, status, `Cache-Status`) is written as CSV under `target/drill/` by the same run.
 
 ";
 
@@ -360,14 +367,14 @@ The peer (`bench/nginx/`) is nginx 1.22 from Debian's packages, configured to do
 - **No coalescing** of identical concurrent reads: `proxy_cache_lock` holds back only requests that look the cache up and miss, and here every read bypasses the lookup.
 - **No request deadline**: the 500 ms it announces is fixed, not what a caller's deadline still leaves.
 - **No `Age`** on stale answers (storagesvc's `Date` is kept with the copy instead), and no health probe that ends an outage early.
-- **A local copy**: the cache is files (a tmpfs in the drill's compose file), one per nginx instance; booksvc keeps its copies in Redis, shared, and in memory.
+- **A local copy**: the cache is files (a tmpfs in the drill's compose file), one set per nginx instance; booksvc keeps its copies in Redis, shared between instances, and in memory.
 - **Names are resolved once**: nginx 1.22 resolves an upstream's name only when it loads its configuration. The image's entrypoint therefore re-resolves storagesvc every second and reloads nginx when the address changes, marking the server down while the name does not resolve (a stopped container). That is what lets nginx answer from its copy at once, instead of after a 500 ms timeout, within about a second of storagesvc stopping.
 
 ";
 
 const READING: &str = "## Reading the numbers
 
-- Everything runs on one machine: both proxies, both storagesvc instances, PostgreSQL, Redis and the load generator share its cores, so absolute latencies include that contention. The comparison is fair in that both proxies see the same load, at the same time, on the same machine.
+- Everything runs on one machine: the proxy under test, storagesvc, PostgreSQL, Redis, Docker's health checks and the load generator share its two cores, so absolute latencies include that contention (the spikes of 10 to 50 ms that both proxies show in every phase). The comparison is fair in that both proxies see the same load on the same machine, each with the machine to itself but for the other's idle container.
 - The *load generator check* line under each scenario is the drill's own lateness in sending: when it is large, the machine, not the target, made requests late, and their latency (counted from when they were due) includes it.
 - *First fresh answer after healthy again* is zero when the first fresh answer came before the drill's health check saw the database healthy (the checks run every 50 ms and each takes tens of milliseconds).
 - booksvc's last good answer is the last answer it read: a write made through booksvc does not change it, so while storagesvc is down a deleted book can still be listed.

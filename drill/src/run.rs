@@ -53,26 +53,15 @@ impl Stack {
 /// How many requests reached a storagesvc instance during the fault.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reached {
-    Counted(u64),
+    Counted(metrics::ApiRequests),
     /// The instance itself was stopped by the fault: nothing reached it.
     Stopped,
     Unknown(String),
 }
 
-#[derive(Debug)]
-pub struct TargetRun {
-    pub target: Target,
-    pub samples: Vec<Sample>,
-    pub breaker: Option<BreakerTimeline>,
-    /// Breaker transitions during the run, as (from, to, count).
-    pub transitions: Option<Vec<(String, String, u64)>>,
-    pub reached: Reached,
-}
-
-#[derive(Debug)]
-pub struct ScenarioRun {
-    pub scenario: Scenario,
-    pub plan: Plan,
+/// When the fault went in and came out, from the start of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
     /// When the fault was injected, and when the command doing so returned.
     pub fault_at: Duration,
     pub fault_done: Duration,
@@ -81,6 +70,25 @@ pub struct ScenarioRun {
     pub repair_done: Duration,
     /// When the faulted services' own health checks all passed again.
     pub healthy_at: Option<Duration>,
+}
+
+/// One target through one scenario.
+#[derive(Debug)]
+pub struct TargetRun {
+    pub target: Target,
+    pub timing: Timing,
+    pub samples: Vec<Sample>,
+    pub breaker: Option<BreakerTimeline>,
+    /// Breaker transitions during the run, as (from, to, count).
+    pub transitions: Option<Vec<(String, String, u64)>>,
+    pub reached: Reached,
+}
+
+/// One scenario: every target through it, one after the other.
+#[derive(Debug)]
+pub struct ScenarioRun {
+    pub scenario: Scenario,
+    pub plan: Plan,
     pub targets: Vec<TargetRun>,
 }
 
@@ -89,7 +97,34 @@ const BREAKER_POLL: Duration = Duration::from_millis(100);
 /// How long the repaired services may take to pass their health checks.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
 
+/// Runs `scenario` against each target in turn. One at a time, so that a target is
+/// measured with the machine to itself: the other's load (nginx keeps storagesvc busy with
+/// doomed requests throughout a fault) would otherwise show in its latency.
 pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Result<ScenarioRun> {
+    let mut targets = Vec::new();
+    for target in &stack.targets {
+        progress(&format!(
+            "{} against {}: {} s at {} requests/s",
+            scenario.name(),
+            target.name,
+            plan.total().as_secs(),
+            plan.rate
+        ));
+        targets.push(run_target(stack, scenario, plan, target).await?);
+    }
+    Ok(ScenarioRun {
+        scenario,
+        plan,
+        targets,
+    })
+}
+
+async fn run_target(
+    stack: &Stack,
+    scenario: Scenario,
+    plan: Plan,
+    target: &Target,
+) -> anyhow::Result<TargetRun> {
     let faulted: Vec<String> = scenario
         .parts()
         .iter()
@@ -104,9 +139,7 @@ pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Resul
         .wait_all_healthy(Duration::from_secs(120))
         .await
         .context("the stack is not healthy before the run")?;
-    for target in &stack.targets {
-        warm_up(&client, target).await?;
-    }
+    warm_up(&client, target).await?;
     let containers = stack.compose.containers_of(&faulted).await?;
     let mut checks = Vec::new();
     for service in &faulted {
@@ -114,28 +147,21 @@ pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Resul
     }
 
     let start = Instant::now() + Duration::from_millis(100);
+    let url: Arc<str> = target.url.as_str().into();
+    let timeout = stack.request_timeout;
+    let sender = client.clone();
+    let load = tokio::spawn(run_open_loop(plan, start, move |due_at, due| {
+        get(sender.clone(), url.to_string(), due_at, due, timeout)
+    }));
     let (stop_polling, polling) = watch::channel(false);
-    let mut loads = Vec::new();
-    for target in &stack.targets {
-        let url: Arc<str> = target.url.as_str().into();
-        let timeout = stack.request_timeout;
-        let sender = client.clone();
-        let load = tokio::spawn(run_open_loop(plan, start, move |due_at, due| {
-            get(sender.clone(), url.to_string(), due_at, due, timeout)
-        }));
-        let breaker = target.breaker_metrics.clone().map(|url| {
-            let before = tokio::spawn(scrape_transitions(client.clone(), url.clone()));
-            let poller = tokio::spawn(poll_breaker(client.clone(), url, start, polling.clone()));
-            (before, poller)
-        });
-        loads.push((load, breaker));
-    }
+    let breaker = target.breaker_metrics.clone().map(|url| {
+        let before = tokio::spawn(scrape_transitions(client.clone(), url.clone()));
+        let poller = tokio::spawn(poll_breaker(client.clone(), url.clone(), start, polling));
+        (url, before, poller)
+    });
 
     tokio::time::sleep_until(start + plan.fault_start()).await;
-    let mut reached_before = Vec::new();
-    for target in &stack.targets {
-        reached_before.push(api_requests(&client, target).await);
-    }
+    let reached_before = api_requests(&client, target).await;
     let fault_at = start.elapsed();
     progress(&format!(
         "{}: {} {}",
@@ -147,15 +173,11 @@ pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Resul
     let fault_done = start.elapsed();
 
     tokio::time::sleep_until(start + plan.fault_end()).await;
-    let mut reached = Vec::new();
-    for (target, before) in stack.targets.iter().zip(reached_before) {
-        let after = api_requests(&client, target).await;
-        reached.push(match (before, after) {
-            (Ok(before), Ok(after)) => Reached::Counted(after.saturating_sub(before)),
-            (_, Err(_)) if faulted.contains(&target.upstream_service) => Reached::Stopped,
-            (Err(error), _) | (_, Err(error)) => Reached::Unknown(format!("{error:#}")),
-        });
-    }
+    let reached = match (reached_before, api_requests(&client, target).await) {
+        (Ok(before), Ok(after)) => Reached::Counted(after.since(before)),
+        (_, Err(_)) if faulted.contains(&target.upstream_service) => Reached::Stopped,
+        (Err(error), _) | (_, Err(error)) => Reached::Unknown(format!("{error:#}")),
+    };
     let repair_at = start.elapsed();
     progress(&format!(
         "{}: {} {}",
@@ -167,46 +189,33 @@ pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Resul
     let repair_done = start.elapsed();
     let healthy_at = wait_healthy(&checks, start).await;
 
-    let mut targets = Vec::new();
-    for ((target, (load, breaker)), reached) in stack.targets.iter().zip(loads).zip(reached) {
-        let samples = load.await.context("the load task failed")?;
-        let (timeline, transitions) = match breaker {
-            Some((before, poller)) => {
-                // Keep polling until the last request is answered.
-                let _ = stop_polling.send(true);
-                let timeline = poller.await.context("the breaker poller failed")?;
-                let after = scrape_transitions(
-                    client.clone(),
-                    target.breaker_metrics.clone().unwrap_or_default(),
-                )
-                .await;
-                let transitions = match (before.await, after) {
-                    (Ok(Ok(before)), Ok(after)) => {
-                        Some(metrics::transitions_between(&before, &after))
-                    }
-                    _ => None,
-                };
-                (Some(timeline), transitions)
-            }
-            None => (None, None),
-        };
-        targets.push(TargetRun {
-            target: target.clone(),
-            samples,
-            breaker: timeline,
-            transitions,
-            reached,
-        });
-    }
-    Ok(ScenarioRun {
-        scenario,
-        plan,
-        fault_at,
-        fault_done,
-        repair_at,
-        repair_done,
-        healthy_at,
-        targets,
+    let samples = load.await.context("the load task failed")?;
+    // Polling went on until the last request was answered.
+    let _ = stop_polling.send(true);
+    let (timeline, transitions) = match breaker {
+        Some((url, before, poller)) => {
+            let timeline = poller.await.context("the breaker poller failed")?;
+            let transitions = match (before.await, scrape_transitions(client.clone(), url).await) {
+                (Ok(Ok(before)), Ok(after)) => Some(metrics::transitions_between(&before, &after)),
+                _ => None,
+            };
+            (Some(timeline), transitions)
+        }
+        None => (None, None),
+    };
+    Ok(TargetRun {
+        target: target.clone(),
+        timing: Timing {
+            fault_at,
+            fault_done,
+            repair_at,
+            repair_done,
+            healthy_at,
+        },
+        samples,
+        breaker: timeline,
+        transitions,
+        reached,
     })
 }
 
@@ -241,7 +250,10 @@ async fn warm_up(client: &reqwest::Client, target: &Target) -> anyhow::Result<()
     )
 }
 
-async fn api_requests(client: &reqwest::Client, target: &Target) -> anyhow::Result<u64> {
+async fn api_requests(
+    client: &reqwest::Client,
+    target: &Target,
+) -> anyhow::Result<metrics::ApiRequests> {
     let text = metrics::scrape(client, &target.upstream_metrics).await?;
     metrics::api_requests(&text).with_context(|| {
         format!(
