@@ -56,4 +56,16 @@ ensure_wrk() {
 	command -v wrk >/dev/null || die "wrk is still missing after installing it"
 }
 
+# drop_replaced_image TAG PREVIOUS_ID: after a rebuild of TAG, removes the image TAG named
+# before (PREVIOUS_ID, empty if none) when the rebuild left it without a name, unless a
+# container still uses it.
+drop_replaced_image() {
+	local tag=$1 previous=$2
+	if [[ -n $previous ]] &&
+		[[ $(docker image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null) == 0 ]]; then
+		docker image rm "$previous" >/dev/null 2>&1 ||
+			log "keeping the previous image of $tag ($previous): a container still uses it"
+	fi
+}
+
 trap 'on_error "$LINENO" "$BASH_COMMAND"' ERR

@@ -492,13 +492,8 @@ build_service_image() {
 		die "$service does not run in $tag; is the host's glibc newer than Debian $SUITE's?"
 	log "built $tag in $((SECONDS - start)) s"
 
-	# A changed binary leaves the previous image without a name; drop it,
-	# unless a container still uses it.
-	if [[ -n $previous ]] &&
-		[[ $(docker image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null) == 0 ]]; then
-		docker image rm "$previous" >/dev/null 2>&1 ||
-			log "keeping the previous image of $tag ($previous): a container still uses it"
-	fi
+	# A changed binary leaves the previous image without a name.
+	drop_replaced_image "$tag" "$previous"
 }
 
 # ensure_image TAG BUILD_FUNCTION

@@ -90,12 +90,7 @@ docker run --rm -e STORAGESVC_TOKEN=placeholder "$IMAGE" check ||
 	die "nginx rejects the configuration of $IMAGE"
 log "built $IMAGE in $((SECONDS - start)) s"
 
-# A changed image leaves the previous one without a name; drop it unless a container
-# still uses it.
-if [[ -n $previous ]] &&
-	[[ $(docker image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null) == 0 ]]; then
-	docker image rm "$previous" >/dev/null 2>&1 ||
-		log "keeping the previous image of $IMAGE ($previous): a container still uses it"
-fi
+# A changed configuration leaves the previous image without a name.
+drop_replaced_image "$IMAGE" "$previous"
 
 printf 'export NGINX_PEER_IMAGE=%s\n' "$IMAGE" >&3

@@ -2,12 +2,12 @@
 //! go in with the Docker CLI, and health is read with the containers' own health checks.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::process::Command;
 use tokio::time::Instant;
+
+use crate::process;
 
 /// A compose project: `docker compose` (or the older `docker-compose`) with its files.
 pub struct Compose {
@@ -26,7 +26,7 @@ impl Compose {
         let plugin = vec!["docker".to_owned(), "compose".to_owned()];
         let standalone = vec!["docker-compose".to_owned()];
         for program in [plugin, standalone] {
-            if output(&program, &["version"]).await.is_ok() {
+            if run_cli(&program, &["version"]).await.is_ok() {
                 return Ok(Self {
                     program,
                     project,
@@ -45,7 +45,7 @@ impl Compose {
         }
         full.extend(args.iter().map(|arg| (*arg).to_owned()));
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        output(&self.program, &full).await
+        run_cli(&self.program, &full).await
     }
 
     /// The containers of `services`, looked up once before a run, so that a fault goes in
@@ -168,31 +168,14 @@ impl HealthCheck {
     }
 }
 
-async fn docker(args: &[&str]) -> anyhow::Result<String> {
-    output(&["docker".to_owned()], args).await
+/// Runs a CLI given as its program and leading arguments (`docker compose`).
+async fn run_cli(program: &[String], args: &[&str]) -> anyhow::Result<String> {
+    let (executable, leading) = program.split_first().context("no program")?;
+    let mut all: Vec<&str> = leading.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    process::output(executable, &all, COMMAND_TIMEOUT).await
 }
 
-/// Runs `program args`, bounded in time, and returns its stdout; a failure carries its
-/// stderr.
-async fn output(program: &[String], args: &[&str]) -> anyhow::Result<String> {
-    let (first, rest) = program.split_first().context("no program")?;
-    let line = format!("{} {}", program.join(" "), args.join(" "));
-    let child = Command::new(first)
-        .args(rest)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child)
-        .await
-        .with_context(|| format!("`{line}` took longer than {COMMAND_TIMEOUT:?}"))?
-        .with_context(|| format!("could not run `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+async fn docker(args: &[&str]) -> anyhow::Result<String> {
+    process::output("docker", args, COMMAND_TIMEOUT).await
 }

@@ -6,6 +6,7 @@ mod chart;
 mod compose;
 mod load;
 mod metrics;
+mod process;
 mod report;
 mod run;
 mod sample;

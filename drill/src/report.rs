@@ -375,6 +375,7 @@ The peer (`bench/nginx/`) is nginx 1.22 from Debian's packages, configured to do
 const READING: &str = "## Reading the numbers
 
 - Everything runs on one machine: the proxy under test, storagesvc, PostgreSQL, Redis, Docker's health checks and the load generator share its two cores, so absolute latencies include that contention (the spikes of 10 to 50 ms that both proxies show in every phase). The comparison is fair in that both proxies see the same load on the same machine, each with the machine to itself but for the other's idle container.
+- In the throughput table every connection asks for the same list, so booksvc lets concurrent identical reads share one call to storagesvc (coalescing), which nginx cannot do for requests it forwards; that, not a faster hop, is most of booksvc's lead. nginx also writes every answer to its cache, where booksvc writes to memory and, at most once a second per key, to Redis.
 - The *load generator check* line under each scenario is the drill's own lateness in sending: when it is large, the machine, not the target, made requests late, and their latency (counted from when they were due) includes it.
 - *First fresh answer after healthy again* is zero when the first fresh answer came before the drill's health check saw the database healthy (the checks run every 50 ms and each takes tens of milliseconds).
 - booksvc's last good answer is the last answer it read: a write made through booksvc does not change it, so while storagesvc is down a deleted book can still be listed.

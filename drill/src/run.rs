@@ -160,17 +160,24 @@ async fn run_target(
         (url, before, poller)
     });
 
+    // Injects or repairs the fault: when that began, and when the command returned.
+    let act = |verb: &'static str| {
+        let (containers, faulted) = (&containers, &faulted);
+        async move {
+            let at = start.elapsed();
+            progress(&format!(
+                "{}: {verb} {}",
+                scenario.name(),
+                faulted.join(" ")
+            ));
+            containers.act(verb).await?;
+            anyhow::Ok((at, start.elapsed()))
+        }
+    };
+
     tokio::time::sleep_until(start + plan.fault_start()).await;
     let reached_before = api_requests(&client, target).await;
-    let fault_at = start.elapsed();
-    progress(&format!(
-        "{}: {} {}",
-        scenario.name(),
-        scenario.action().inject(),
-        faulted.join(" ")
-    ));
-    containers.act(scenario.action().inject()).await?;
-    let fault_done = start.elapsed();
+    let (fault_at, fault_done) = act(scenario.action().inject()).await?;
 
     tokio::time::sleep_until(start + plan.fault_end()).await;
     let reached = match (reached_before, api_requests(&client, target).await) {
@@ -178,15 +185,7 @@ async fn run_target(
         (_, Err(_)) if faulted.contains(&target.upstream_service) => Reached::Stopped,
         (Err(error), _) | (_, Err(error)) => Reached::Unknown(format!("{error:#}")),
     };
-    let repair_at = start.elapsed();
-    progress(&format!(
-        "{}: {} {}",
-        scenario.name(),
-        scenario.action().repair(),
-        faulted.join(" ")
-    ));
-    containers.act(scenario.action().repair()).await?;
-    let repair_done = start.elapsed();
+    let (repair_at, repair_done) = act(scenario.action().repair()).await?;
     let healthy_at = wait_healthy(&checks, start).await;
 
     let samples = load.await.context("the load task failed")?;

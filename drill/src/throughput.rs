@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::process;
 use anyhow::{Context, bail};
-use tokio::process::Command;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Throughput {
@@ -48,30 +48,20 @@ async fn wrk(
     load: &Load,
     duration: Duration,
 ) -> anyhow::Result<String> {
-    let mut command = Command::new("wrk");
-    command
-        .arg(format!("--connections={}", load.connections))
-        .arg(format!("--threads={}", load.threads))
-        .arg(format!("--duration={}s", duration.as_secs().max(1)))
-        .arg("--timeout=5s")
-        .arg("--latency");
+    let mut args = vec![
+        format!("--connections={}", load.connections),
+        format!("--threads={}", load.threads),
+        format!("--duration={}s", duration.as_secs().max(1)),
+        "--timeout=5s".to_owned(),
+        "--latency".to_owned(),
+    ];
     for header in headers {
-        command.arg("--header").arg(header);
+        args.extend(["--header".to_owned(), header.clone()]);
     }
-    command.arg(url).kill_on_drop(true);
-    let bound = duration + Duration::from_secs(30);
-    let out = tokio::time::timeout(bound, command.output())
+    args.push(url.to_owned());
+    process::output("wrk", &args, duration + Duration::from_secs(30))
         .await
-        .with_context(|| format!("wrk did not finish within {bound:?}"))?
-        .context("could not run wrk (is it installed? Debian: apt-get install wrk)")?;
-    if !out.status.success() {
-        bail!(
-            "wrk failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        .context("running wrk (on Debian: apt-get install wrk)")
 }
 
 /// Reads wrk's report (`--latency`).
