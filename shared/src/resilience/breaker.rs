@@ -4,8 +4,10 @@
 //! - **Closed**: calls go through. It opens after `consecutive_failures` failures in a row,
 //!   or when at least `min_calls` calls in the window failed at `failure_rate` or more.
 //! - **Open**: calls are refused at once, for an exponentially growing, jittered delay
-//!   (`open_base` doubling up to `open_max`), or for the upstream's `Retry-After` when the
-//!   failure that opened it carried one (capped at `retry_after_cap`).
+//!   (`open_base` doubling up to `open_max`), and never for less than the upstream's
+//!   `Retry-After` when the failure that opened it carried one (capped at
+//!   `retry_after_cap`). `Retry-After` is the least the upstream asks for; an upstream that
+//!   keeps failing and keeps saying "in a second" is still probed less and less often.
 //! - **Half-open**: exactly one probe call at a time goes through; its success closes the
 //!   breaker, its failure opens it again with a longer delay. A background health check may
 //!   move an open breaker to half-open early ([`CircuitBreaker::half_open`]), so recovery
@@ -276,13 +278,14 @@ impl CircuitBreaker {
     }
 
     fn open(inner: &mut Inner, config: &BreakerConfig, retry_after: Option<Duration>) {
+        let backoff = jittered(exponential(
+            config.open_base,
+            config.open_max,
+            inner.times_opened,
+        ));
         let delay = match retry_after {
-            Some(requested) => requested.min(config.retry_after_cap),
-            None => jittered(exponential(
-                config.open_base,
-                config.open_max,
-                inner.times_opened,
-            )),
+            Some(requested) => requested.min(config.retry_after_cap).max(backoff),
+            None => backoff,
         };
         inner.times_opened = inner.times_opened.saturating_add(1);
         inner.consecutive_failures = 0;
@@ -439,6 +442,30 @@ mod tests {
             );
             assert!(full / 2 >= previous_floor);
             previous_floor = full / 2;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_retry_after_does_not_stop_the_backoff_from_growing() {
+        // storagesvc says `Retry-After: 1` on every failure of a long outage.
+        let breaker = CircuitBreaker::new(BreakerConfig::default());
+        fail(&breaker, 4);
+        let second = Some(Duration::from_secs(1));
+        breaker.try_acquire().unwrap().record(Failure, second);
+        assert_eq!(
+            breaker.try_acquire().unwrap_err().retry_in,
+            Duration::from_secs(1),
+            "the first opening waits what the upstream asked"
+        );
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            breaker.try_acquire().unwrap().record(Failure, second);
+            delays.push(breaker.try_acquire().unwrap_err().retry_in);
+        }
+        // The backoff's floors (half of 2, 4, 8, 16, 30 s), never below the 1 s asked for.
+        for (delay, floor) in delays.iter().zip([1, 2, 4, 8, 15]) {
+            assert!(*delay >= Duration::from_secs(floor), "{delays:?}");
         }
     }
 
