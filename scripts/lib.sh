@@ -56,6 +56,13 @@ ensure_wrk() {
 	command -v wrk >/dev/null || die "wrk is still missing after installing it"
 }
 
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+check_docker() {
+	command -v docker >/dev/null || die "docker is not installed"
+	docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine (is it running, may this user use it?)"
+}
+
 # drop_replaced_image TAG PREVIOUS_ID: after a rebuild of TAG, removes the image TAG named
 # before (PREVIOUS_ID, empty if none) when the rebuild left it without a name, unless a
 # container still uses it.

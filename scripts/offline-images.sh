@@ -133,13 +133,6 @@ parse_args() {
 	done
 }
 
-image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
-
-check_docker() {
-	command -v docker >/dev/null || die "docker is not installed"
-	docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine (is it running, may this user use it?)"
-}
-
 # apt-get update only runs when mmdebstrap actually has to be installed.
 ensure_mmdebstrap() {
 	if command -v mmdebstrap >/dev/null; then

@@ -56,10 +56,7 @@ while (($#)); do
 	shift
 done
 
-image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
-
-command -v docker >/dev/null || die "docker is not installed"
-docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine (is it running, may this user use it?)"
+check_docker
 
 if [[ -n ${NGINX_PEER_BASE:-} ]]; then
 	base=$NGINX_PEER_BASE

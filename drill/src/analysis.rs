@@ -125,22 +125,15 @@ pub fn checks(run: &ScenarioRun, target: &TargetRun, findings: &Findings) -> Vec
     }
     // "At most 40 in a 30 s fault", in proportion for other fault durations.
     let allowed = (40.0 * run.plan.fault.as_secs_f64() / 30.0).round() as u64;
-    checks.push(match &target.reached {
-        Reached::Counted(count) => Check {
-            promise: format!("≤ {allowed} requests reach storagesvc during the fault"),
-            measured: count.total.to_string(),
-            met: count.total <= allowed,
-        },
-        Reached::Stopped => Check {
-            promise: format!("≤ {allowed} requests reach storagesvc during the fault"),
-            measured: "0 (storagesvc was stopped)".into(),
-            met: true,
-        },
-        Reached::Unknown(why) => Check {
-            promise: format!("≤ {allowed} requests reach storagesvc during the fault"),
-            measured: format!("unknown: {why}"),
-            met: false,
-        },
+    let (measured, met) = match &target.reached {
+        Reached::Counted(count) => (count.total.to_string(), count.total <= allowed),
+        Reached::Stopped => ("0 (storagesvc was stopped)".to_owned(), true),
+        Reached::Unknown(why) => (format!("unknown: {why}"), false),
+    };
+    checks.push(Check {
+        promise: format!("≤ {allowed} requests reach storagesvc during the fault"),
+        measured,
+        met,
     });
     checks
 }

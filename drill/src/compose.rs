@@ -87,7 +87,6 @@ impl Compose {
     pub async fn wait_all_healthy(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let mut unhealthy = Vec::new();
             let containers = self.containers().await?;
             if containers.is_empty() {
                 bail!(
@@ -95,19 +94,19 @@ impl Compose {
                     self.project
                 );
             }
-            for id in containers {
-                let state = docker(&[
-                    "inspect",
-                    "--format",
-                    "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
-                    &id,
-                ])
-                .await?;
-                let state = state.trim();
-                if !(state.ends_with(" healthy") || state.ends_with(" running")) {
-                    unhealthy.push(state.trim_start_matches('/').to_owned());
-                }
-            }
+            let mut args = vec![
+                "inspect",
+                "--format",
+                "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+            ];
+            args.extend(containers.iter().map(String::as_str));
+            let states = docker(&args).await?;
+            let unhealthy: Vec<&str> = states
+                .lines()
+                .map(str::trim)
+                .filter(|state| !(state.ends_with(" healthy") || state.ends_with(" running")))
+                .map(|state| state.trim_start_matches('/'))
+                .collect();
             if unhealthy.is_empty() {
                 return Ok(());
             }

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use crate::analysis::{self, Findings, ms, secs};
 use crate::run::{Reached, ScenarioRun};
+use crate::sample::Class;
 use crate::schedule::Phase;
 use crate::throughput::Throughput;
 
@@ -267,33 +268,23 @@ fn scenario_section(out: &mut String, run: &ScenarioRun, charts_dir: &str) -> st
         }
     }
     writeln!(out)?;
-    let errors: Vec<String> = run
-        .targets
-        .iter()
-        .flat_map(|t| {
-            let mut kinds: Vec<String> = t
-                .samples
-                .iter()
-                .filter(|s| s.class() == crate::sample::Class::Error)
-                .map(|s| match (&s.status, &s.error) {
-                    (Some(status), _) => format!("{}: HTTP {status}", t.target.name),
-                    (None, Some(error)) => format!("{}: {error}", t.target.name),
-                    (None, None) => format!("{}: no answer", t.target.name),
-                })
-                .collect();
-            kinds.sort();
-            let mut counted: Vec<String> = Vec::new();
-            let mut iter = kinds.into_iter().peekable();
-            while let Some(kind) = iter.next() {
-                let mut n = 1;
-                while iter.peek() == Some(&kind) {
-                    iter.next();
-                    n += 1;
-                }
-                counted.push(format!("{kind} ×{n}"));
-            }
-            counted
-        })
+    // Each kind of error, with how often it came.
+    let mut errors = std::collections::BTreeMap::<String, usize>::new();
+    for target in &run.targets {
+        for sample in target.samples.iter().filter(|s| s.class() == Class::Error) {
+            let kind = match (&sample.status, &sample.error) {
+                (Some(status), _) => format!("HTTP {status}"),
+                (None, Some(error)) => error.clone(),
+                (None, None) => "no answer".to_owned(),
+            };
+            *errors
+                .entry(format!("{}: {kind}", target.target.name))
+                .or_default() += 1;
+        }
+    }
+    let errors: Vec<String> = errors
+        .into_iter()
+        .map(|(kind, count)| format!("{kind} ×{count}"))
         .collect();
     if !errors.is_empty() {
         writeln!(out, "Errors: {}.", errors.join("; "))?;
