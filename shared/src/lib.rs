@@ -1,12 +1,14 @@
 //! Everything both services need, written once.
 //!
-//! A service is a router of its own routes plus what lives here: configuration helpers
+//! A service is a router of its own routes plus what lives here: inbound credentials
+//! ([`auth`]), configuration helpers
 //! ([`config`]), logs ([`telemetry`]), errors as RFC 9457 problem documents ([`problem`]),
 //! extractors that turn bad input into those problems ([`extract`]), liveness and readiness
 //! ([`health`]), Prometheus metrics ([`metrics`]), a server that drains on SIGTERM
 //! ([`server`]), and what crosses service boundaries with a request: its trace
 //! ([`trace_context`]) and its caller's deadline ([`deadline`]).
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod deadline;

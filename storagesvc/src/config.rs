@@ -43,7 +43,7 @@ pub struct Config {
     pub db_retry_after: Duration,
 
     /// Comma-separated credentials accepted on /books*, as `Authorization: Bearer` or
-    /// `X-API-Key`. Empty: no authentication (a warning is logged at start-up).
+    /// `X-API-Key`. Empty: /books answers 401 to everyone (fail closed; start-up warns).
     #[arg(
         long,
         env = "AUTH_TOKENS",

@@ -1,10 +1,9 @@
 //! storagesvc: the books API on PostgreSQL.
 //!
-//! A request goes `startup` (router and layers) → `auth` (service credentials) →
+//! A request goes `startup` (router and layers) → `shared::auth` (service credentials) →
 //! `routes` (HTTP in and out) → `domain` (parsed, valid input) → `db` (bounded SQL) and
 //! back; `error` turns every failure on the way into one problem+json response.
 
-mod auth;
 mod config;
 mod db;
 mod domain;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use shared::auth::{Credentials, require_credentials};
 use shared::health::{CheckOutcome, Health, HealthCheck};
 use shared::metrics::HttpMetrics;
 use shared::server::{Service, with_common_layers};
 
-use crate::auth::{Credentials, require_credentials};
 use crate::config::Config;
 use crate::db::Database;
 use crate::routes::{self, AppState};
@@ -35,12 +35,7 @@ impl Application {
         let watcher = tokio::spawn(Arc::clone(&db).watch());
 
         let credentials = Credentials::new(config.auth_tokens.iter().map(String::as_str));
-        if credentials.is_disabled() {
-            tracing::warn!(
-                "AUTH_TOKENS is empty: /books is open to anyone who can reach this service. \
-                 Set AUTH_TOKENS to the credentials callers must present."
-            );
-        }
+        credentials.warn_if_none("AUTH_TOKENS", "/books");
 
         let state = AppState {
             db: Arc::clone(&db),

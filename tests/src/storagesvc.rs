@@ -20,8 +20,17 @@ pub struct TestStoragesvc {
 }
 
 impl TestStoragesvc {
-    /// Starts storagesvc against `database_url` with the default settings plus `extra` flags.
+    /// Starts storagesvc against `database_url` with the default settings plus `extra` flags,
+    /// accepting [`TOKEN`].
     pub async fn spawn(database_url: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--auth-tokens", TOKEN];
+        args.extend_from_slice(extra);
+        Self::spawn_with_credentials(database_url, &args).await
+    }
+
+    /// Starts storagesvc with only the credential flags given in `extra` (none: it accepts
+    /// nobody, as in a deployment that forgot `AUTH_TOKENS`).
+    pub async fn spawn_with_credentials(database_url: &str, extra: &[&str]) -> Self {
         crate::init_test_logging();
         let mut args = vec![
             "storagesvc",
@@ -29,8 +38,6 @@ impl TestStoragesvc {
             "127.0.0.1:0",
             "--database-url",
             database_url,
-            "--auth-tokens",
-            TOKEN,
         ];
         args.extend_from_slice(extra);
         let config = storagesvc::Config::try_parse_from(args).expect("valid test configuration");

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use system_tests::containers::Postgres;
@@ -491,6 +493,47 @@ async fn books_need_credentials_but_health_and_metrics_do_not() {
             "{open}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_credential_configured_every_books_route_is_closed() {
+    let db = Postgres::start().await;
+    let app = TestStoragesvc::spawn_with_credentials(&db.url(), &[]).await;
+    app.wait_until_ready(Duration::from_secs(30)).await;
+    // A second instance that accepts the test credential, to see what is in the database.
+    let reader = TestStoragesvc::spawn_ready(&db.url()).await;
+    let before = all_books(&reader).await;
+    for (method, path) in [
+        (Method::GET, "/books"),
+        (Method::GET, "/books/1"),
+        (Method::POST, "/books"),
+        (Method::PUT, "/books/1"),
+        (Method::DELETE, "/books/1"),
+    ] {
+        // Any credential at all, even an empty one, is refused: nothing is open by accident.
+        for credential in ["", "anything"] {
+            let response = app
+                .http
+                .request(method.clone(), app.url(path))
+                .bearer_auth(credential)
+                .json(&json!({"title": "t", "author": "a"}))
+                .send()
+                .await
+                .unwrap();
+            let problem = assert_problem(response, StatusCode::UNAUTHORIZED).await;
+            assert!(
+                problem["detail"].as_str().unwrap().contains("AUTH_TOKENS"),
+                "{method} {path}: {problem}"
+            );
+        }
+    }
+    assert_eq!(all_books(&reader).await, before, "nothing was written");
+}
+
+async fn all_books(app: &TestStoragesvc) -> Value {
+    let response = app.get("/books?limit=1000").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,21 +1,27 @@
-//! Service credentials on `/books*`: `Authorization: Bearer <token>` or `X-API-Key: <token>`.
+//! Inbound credentials: who may call a protected route. storagesvc guards `/books*` with
+//! it, booksvc its writes. A caller presents `Authorization: Bearer <token>` or
+//! `X-API-Key: <token>`.
 //!
 //! Tokens are compared as SHA-256 digests in constant time: neither the content nor the
 //! length of a configured token leaks through response timing.
+//!
+//! **Fail closed.** With no credential configured, every protected route answers `401`:
+//! a forgotten `AUTH_TOKENS` must never open a route to anyone who can reach it. The
+//! service says so at start-up ([`Credentials::warn_if_none`]).
 
 use std::sync::Arc;
 
+use crate::Problem;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use shared::Problem;
 use subtle::ConstantTimeEq;
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// The accepted credentials; empty means authentication is off.
+/// The accepted credentials; empty means nobody is accepted.
 #[derive(Clone, Default)]
 pub struct Credentials {
     digests: Arc<Vec<[u8; 32]>>,
@@ -34,8 +40,19 @@ impl Credentials {
         }
     }
 
-    pub fn is_disabled(&self) -> bool {
+    /// No credential configured: every protected request is refused.
+    pub fn is_empty(&self) -> bool {
         self.digests.is_empty()
+    }
+
+    /// Logs, loudly, that `what` is refused to everyone because `variable` is empty.
+    pub fn warn_if_none(&self, variable: &str, what: &str) {
+        if self.is_empty() {
+            tracing::warn!(
+                "{variable} is empty: {what} answers 401 to every caller. Set {variable} to \
+                 the credentials callers must present."
+            );
+        }
     }
 
     /// Whether `presented` is one of the credentials. Every configured digest is compared,
@@ -75,8 +92,11 @@ pub async fn require_credentials(
     request: Request,
     next: Next,
 ) -> Response {
-    if credentials.is_disabled() {
-        return next.run(request).await;
+    if credentials.is_empty() {
+        return Problem::unauthorized(
+            "this service accepts no credential yet (its AUTH_TOKENS is empty), so the route is closed",
+        )
+        .into_response();
     }
     match presented_credential(request.headers()) {
         Some(token) if credentials.accepts(token) => next.run(request).await,
@@ -105,8 +125,11 @@ mod tests {
     }
 
     #[test]
-    fn empty_configuration_disables_auth() {
-        assert!(Credentials::new(["", " "]).is_disabled());
+    fn empty_configuration_accepts_nobody() {
+        let credentials = Credentials::new(["", " "]);
+        assert!(credentials.is_empty());
+        assert!(!credentials.accepts(""));
+        assert!(!credentials.accepts(" "));
     }
 
     #[test]
