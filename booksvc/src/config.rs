@@ -73,6 +73,18 @@ pub struct Config {
     #[arg(long, env = "CACHE_MEMORY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub cache_memory_bytes: u64,
 
+    /// Comma-separated credentials accepted on writes (POST /books, PUT and DELETE
+    /// /books/{id}), as `Authorization: Bearer` or `X-API-Key`; reads need none. Empty:
+    /// every write answers 401 (fail closed; start-up warns). Not the credential booksvc
+    /// sends to storagesvc (`STORAGESVC_*`): a caller's credential is never passed on.
+    #[arg(
+        long,
+        env = "AUTH_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_tokens: Vec<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -97,5 +109,18 @@ fn parse_ratio(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
         Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
         _ => Err(format!("expected a number from 0 to 1, got '{value}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_tokens_are_comma_separated_and_none_by_default() {
+        let config = Config::try_parse_from(["booksvc", "--auth-tokens", "a,b"]).unwrap();
+        assert_eq!(config.auth_tokens, ["a", "b"]);
+        let config = Config::try_parse_from(["booksvc"]).unwrap();
+        assert!(config.auth_tokens.is_empty());
     }
 }

@@ -9,13 +9,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::routing::get;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post, put};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use shared::auth::{Credentials, require_credentials};
 use shared::client::{ServiceClient, ServiceClientConfig};
 use shared::health::{CheckOutcome, Health, HealthCheck};
 use shared::metrics::HttpMetrics;
@@ -107,14 +109,25 @@ impl Application {
             read_path: ReadPath::new(upstream.clone(), store, &mut registry),
             upstream,
         };
+        // Reads are public; writes need a caller credential, checked before anything is
+        // sent. booksvc's own credential to storagesvc is another secret, added by the
+        // client: the caller's is never passed on.
+        let writers = Credentials::new(config.auth_tokens.iter().map(String::as_str));
+        writers.warn_if_none("AUTH_TOKENS", "every write (POST, PUT, DELETE)");
+        let authenticated = || from_fn_with_state(writers.clone(), require_credentials);
         let routes = Router::new()
             .route("/", get(read_path::read))
-            .route("/books", get(read_path::read).post(write_path::write))
+            .route(
+                "/books",
+                get(read_path::read).merge(post(write_path::write).route_layer(authenticated())),
+            )
             .route(
                 "/books/{id}",
-                get(read_path::read)
-                    .put(write_path::write)
-                    .delete(write_path::write),
+                get(read_path::read).merge(
+                    put(write_path::write)
+                        .delete(write_path::write)
+                        .route_layer(authenticated()),
+                ),
             )
             .with_state(state);
         let router = with_common_layers(

@@ -4,12 +4,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use reqwest::{Response, StatusCode, Url};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use shared::client::{AuthConfig, Secret, ServiceClientConfig};
 
 use crate::metric_value;
 use crate::server::RunningServer;
 use crate::storagesvc::{TOKEN, test_http_client};
+
+/// The credential the test instances accept on writes: a secret of booksvc's callers, not
+/// the one booksvc presents to storagesvc ([`TOKEN`]).
+pub const WRITER_TOKEN: &str = "test-writer-token";
 
 /// A running booksvc. Dropping it stops the server.
 pub struct TestBooksvc {
@@ -20,8 +24,20 @@ pub struct TestBooksvc {
 
 impl TestBooksvc {
     /// Starts booksvc against storagesvc at `storagesvc` and Redis at `redis_url`, with the
-    /// default settings plus `extra` flags.
+    /// default settings plus `extra` flags, accepting [`WRITER_TOKEN`] on writes.
     pub async fn spawn(storagesvc: SocketAddr, redis_url: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--auth-tokens", WRITER_TOKEN];
+        args.extend_from_slice(extra);
+        Self::spawn_with_credentials(storagesvc, redis_url, &args).await
+    }
+
+    /// Starts booksvc with only the writer credential flags given in `extra` (none: it
+    /// accepts no write, as a deployment that forgot `AUTH_TOKENS`).
+    pub async fn spawn_with_credentials(
+        storagesvc: SocketAddr,
+        redis_url: &str,
+        extra: &[&str],
+    ) -> Self {
         crate::init_test_logging();
         let mut args = vec![
             "booksvc",
@@ -49,6 +65,13 @@ impl TestBooksvc {
 
     pub fn url(&self, path: &str) -> String {
         self.server.url(path)
+    }
+
+    /// A request carrying the writer credential.
+    pub fn write(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(WRITER_TOKEN)
     }
 
     pub async fn get(&self, path: &str) -> Response {

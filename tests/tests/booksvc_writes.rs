@@ -1,6 +1,7 @@
-//! Writes through booksvc, with everything real: they reach storagesvc and the database,
-//! are never answered from the last-good store, and are retried only when the caller sent
-//! an `Idempotency-Key` (the database is paused so that an attempt really times out).
+//! Writes through booksvc, with everything real: they need the writer credential, reach
+//! storagesvc and the database, are never answered from the last-good store, are retried
+//! only when the caller sent an `Idempotency-Key` (the database is paused so that an
+//! attempt really times out).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::json;
-use system_tests::booksvc::{REQUEST_DEADLINE, TestBooksvc};
+use system_tests::booksvc::{REQUEST_DEADLINE, TestBooksvc, WRITER_TOKEN};
 use system_tests::containers::{Faults, Postgres, Redis};
 use system_tests::proxy::HoldingProxy;
-use system_tests::storagesvc::{TestStoragesvc, assert_problem};
+use system_tests::storagesvc::{TOKEN, TestStoragesvc, assert_problem};
 
 /// `Cache-Status` of every write: forwarded because of its method, never stored.
 const FORWARDED_WRITE: &str = "booksvc; fwd=method";
@@ -43,7 +44,7 @@ async fn send(
     body: Option<serde_json::Value>,
     idempotency_key: Option<&str>,
 ) -> Response {
-    let mut request = booksvc.http.request(method, booksvc.url(path));
+    let mut request = booksvc.write(method, path);
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -326,4 +327,111 @@ async fn database_down_a_write_answers_503_quickly_and_never_from_the_cache() {
         header(&stale, "cache-status").as_deref(),
         Some("booksvc; hit; detail=upstream-unavailable")
     );
+}
+
+/// The three writes, each with a valid body where it takes one.
+fn every_write(title: &str) -> [(Method, &'static str, Option<serde_json::Value>); 3] {
+    let book = json!({"title": title, "author": "A. Writer"});
+    [
+        (Method::POST, "/books", Some(book.clone())),
+        (Method::PUT, "/books/1", Some(book)),
+        (Method::DELETE, "/books/1", None),
+    ]
+}
+
+/// storagesvc's view of book 1, asked directly.
+async fn book_one(storagesvc: &TestStoragesvc) -> serde_json::Value {
+    let response = storagesvc.get("/books/1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_without_the_writer_credential_answer_401_and_change_nothing() {
+    let stack = stack_with(&[], &[]).await;
+    let booksvc = &stack.booksvc;
+    let books_before = stack.storagesvc.books().await;
+    let book_before = book_one(&stack.storagesvc).await;
+
+    // Anonymous, a wrong token, and storagesvc's own token: booksvc's writers hold another
+    // secret, and a caller who knows storagesvc's gains nothing at booksvc.
+    type Credential = fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder;
+    let credentials: [(&str, Credential); 4] = [
+        ("anonymous", |request| request),
+        ("a wrong bearer token", |request| {
+            request.bearer_auth("not-it")
+        }),
+        ("a wrong API key", |request| {
+            request.header("x-api-key", "not-it")
+        }),
+        ("storagesvc's token", |request| request.bearer_auth(TOKEN)),
+    ];
+    for (who, credential) in credentials {
+        for (method, path, body) in every_write("Never written") {
+            let mut request = credential(booksvc.http.request(method.clone(), booksvc.url(path)));
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            assert!(
+                header(&response, "cache-status").is_none(),
+                "{method} {path} by {who} was forwarded"
+            );
+            let problem = assert_problem(response, StatusCode::UNAUTHORIZED).await;
+            assert_eq!(problem["type"], "urn:bookstore:problem:unauthorized");
+        }
+    }
+    assert_eq!(
+        stack.storagesvc.books().await,
+        books_before,
+        "nothing changed"
+    );
+    assert_eq!(book_one(&stack.storagesvc).await, book_before);
+
+    // Reads stay public.
+    assert_eq!(booksvc.get("/books").await.status(), StatusCode::OK);
+    assert_eq!(booksvc.get("/books/1").await.status(), StatusCode::OK);
+
+    // The writer credential works as an API key too. storagesvc accepts only its own
+    // token, so the 201 also shows that booksvc sent its credential, not the caller's.
+    let created = booksvc
+        .http
+        .post(booksvc.url("/books"))
+        .header("x-api-key", WRITER_TOKEN)
+        .json(&json!({"title": "Written by a writer", "author": "A. Writer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(
+        books_titled(&stack.storagesvc, "Written by a writer").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booksvc_without_auth_tokens_refuses_every_write_and_still_serves_reads() {
+    let (db, redis) = tokio::join!(Postgres::start(), Redis::start());
+    let storagesvc = TestStoragesvc::spawn_ready(&db.url()).await;
+    let booksvc = TestBooksvc::spawn_with_credentials(storagesvc.address, &redis.url(), &[]).await;
+    let books_before = storagesvc.books().await;
+
+    for (method, path, body) in every_write("Never written") {
+        // Even the test's writer token: booksvc was given none to accept.
+        let response = send(&booksvc, method.clone(), path, body, None).await;
+        let problem = assert_problem(response, StatusCode::UNAUTHORIZED).await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains("AUTH_TOKENS"),
+            "{method} {path}: {problem}"
+        );
+    }
+    assert_eq!(storagesvc.books().await, books_before, "nothing changed");
+
+    let list = booksvc.get("/books").await;
+    assert_eq!(list.status(), StatusCode::OK);
+    assert_eq!(
+        list.json::<Vec<serde_json::Value>>().await.unwrap(),
+        books_before
+    );
+    assert_eq!(booksvc.get("/books/1").await.status(), StatusCode::OK);
 }
