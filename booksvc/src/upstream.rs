@@ -1,9 +1,11 @@
 //! storagesvc as booksvc sees it: the service client under the resilience policies, one
 //! `Resilience::call` per request, each attempt classified by DESIGN table 4.2.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
+use axum::http::header::HeaderName;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,16 +19,25 @@ use shared::resilience::{
     parse_retry_after,
 };
 
+/// storagesvc's answer to a write that repeats an `Idempotency-Key`: the response is the
+/// one stored for the first request, not a second write.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
 /// Response headers of storagesvc that booksvc passes on to its caller.
-const PASSED_ON: [header::HeaderName; 3] =
-    [header::CONTENT_TYPE, header::LOCATION, header::RETRY_AFTER];
+const PASSED_ON: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::LOCATION,
+    header::RETRY_AFTER,
+    IDEMPOTENT_REPLAYED,
+];
 
 /// A complete upstream answer (the body is read inside the attempt, so the attempt
 /// timeout covers it too).
 #[derive(Debug, Clone)]
 pub struct UpstreamResponse {
     pub status: StatusCode,
-    /// Only the headers booksvc passes on: content type, `Location`, `Retry-After`.
+    /// Only the headers booksvc passes on: content type, `Location`, `Retry-After`,
+    /// `Idempotent-Replayed`.
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -58,6 +69,37 @@ pub enum Retries {
 
 /// What an attempt hands back: an answer, or why there is none.
 pub type AttemptValue = Result<UpstreamResponse, String>;
+
+/// Whether a request may have reached storagesvc: what a failed write can promise its
+/// caller (DESIGN 4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// No attempt left booksvc: the breaker refused, or connecting failed (refused, DNS),
+    /// or the request could not even be built. The write was not applied.
+    NotSent,
+    /// At least one attempt may have been received: a connection broke after sending, an
+    /// attempt timed out, or storagesvc answered. The write may have been applied.
+    MaybeSent,
+}
+
+/// Counts a call's attempts, and those that surely never left booksvc. An attempt cut
+/// off by its timeout is dropped before it can report, so it counts as started and not
+/// as unsent: "maybe sent", which is the truth.
+#[derive(Default)]
+struct DeliveryTally {
+    started: AtomicUsize,
+    unsent: AtomicUsize,
+}
+
+impl DeliveryTally {
+    fn delivery(&self) -> Delivery {
+        if self.started.load(Ordering::Relaxed) == self.unsent.load(Ordering::Relaxed) {
+            Delivery::NotSent
+        } else {
+            Delivery::MaybeSent
+        }
+    }
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -164,18 +206,32 @@ impl Upstream {
         request: &UpstreamRequest,
         retries: Retries,
     ) -> Result<AttemptValue, CallError<AttemptValue>> {
-        let attempt = |budget| self.attempt(request, budget);
-        match retries {
+        self.send_tracked(request, retries).await.0
+    }
+
+    /// [`Upstream::send`], also saying whether storagesvc may have received the request:
+    /// the write path answers `503` ("not applied") only when nothing was sent.
+    pub async fn send_tracked(
+        &self,
+        request: &UpstreamRequest,
+        retries: Retries,
+    ) -> (Result<AttemptValue, CallError<AttemptValue>>, Delivery) {
+        let tally = DeliveryTally::default();
+        let attempt = |budget| self.attempt(request, budget, &tally);
+        let result = match retries {
             Retries::Allowed => self.resilience.call(attempt).await,
             Retries::Never => self.resilience.call_once(attempt).await,
-        }
+        };
+        (result, tally.delivery())
     }
 
     async fn attempt(
         &self,
         request: &UpstreamRequest,
         budget: Duration,
+        tally: &DeliveryTally,
     ) -> Attempted<AttemptValue> {
+        tally.started.fetch_add(1, Ordering::Relaxed);
         let mut headers = request.headers.clone();
         headers.insert(
             REQUEST_TIMEOUT_HEADER,
@@ -217,12 +273,29 @@ impl Upstream {
                     },
                 }
             }
-            Err(err) => Attempted {
-                outcome: classify_error(&err),
-                retry_after: None,
-                value: Err(err.to_string()),
-            },
+            Err(err) => {
+                if never_sent(&err) {
+                    tally.unsent.fetch_add(1, Ordering::Relaxed);
+                }
+                Attempted {
+                    outcome: classify_error(&err),
+                    retry_after: None,
+                    value: Err(err.to_string()),
+                }
+            }
         }
+    }
+}
+
+/// Whether a failed attempt surely sent nothing to storagesvc: the request could not be
+/// built or authorised, or no connection was made (refused, DNS failure, connect
+/// timeout; reqwest's `is_connect`). Any other transport error happened on an open
+/// connection, after the request may have been written: a reset, an EOF before the
+/// response.
+fn never_sent(err: &ClientError) -> bool {
+    match err {
+        ClientError::InvalidPath { .. } | ClientError::Token { .. } => true,
+        ClientError::Transport { error, .. } => error.is_connect(),
     }
 }
 

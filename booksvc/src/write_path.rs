@@ -8,7 +8,16 @@
 //! timed out may still have been applied and a retry could create a second book.
 //!
 //! Whatever storagesvc answers (201, 404, 422, its own 503 + `Retry-After`) is passed on as
-//! it came. Only when there is no answer does booksvc write the problem itself.
+//! it came, `Idempotent-Replayed` included. Only when there is no answer does booksvc
+//! write the problem itself, and it says what the caller can know (DESIGN 4.4):
+//!
+//! - `503` + `Retry-After`: nothing was sent (breaker open, connection refused, name not
+//!   found), so the write was not applied and may simply be sent again;
+//! - `502` (`upstream-broken`): the connection broke after the request may have reached
+//!   storagesvc, and `504` (`upstream-timeout`): no answer in time. Either way the write
+//!   may have been applied; only a retry with the same `Idempotency-Key` is safe.
+//!
+//! Details name no internal address: the reason goes to the log.
 
 use std::time::Duration;
 
@@ -22,7 +31,7 @@ use shared::resilience::{AttemptOutcome, CallError};
 
 use crate::cache_status;
 use crate::read_path::forwarded;
-use crate::upstream::{AttemptValue, Retries, Upstream, UpstreamRequest};
+use crate::upstream::{AttemptValue, Delivery, Retries, Upstream, UpstreamRequest};
 
 /// The caller's key that makes a write safe to retry (forwarded to storagesvc as is).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -61,23 +70,36 @@ pub async fn write(
         headers: passed_on,
         body: (!body.is_empty()).then_some(body),
     };
-    match upstream.send(&request, retries).await {
+    let (result, delivery) = upstream.send_tracked(&request, retries).await;
+    match result {
         Ok(Ok(response)) => forwarded(response, cache_status::forwarded_uncacheable()),
         Ok(Err(reason)) => {
-            tracing::error!(%reason, "storagesvc cannot be asked");
-            Problem::new(StatusCode::BAD_GATEWAY, "upstream-misconfigured", reason).into_response()
+            tracing::error!(%reason, "storagesvc cannot be asked; the write was not sent");
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-misconfigured",
+                "booksvc cannot call storagesvc as configured; the write was not sent",
+            )
+            .into_response()
         }
-        Err(failure) => failed(&request, retries, failure),
+        Err(failure) => failed(&request, retries, failure, delivery),
     }
 }
 
-/// The answer to a write whose last attempt failed.
+/// The answer to a write whose last attempt failed. `delivery` covers every attempt: a
+/// write whose first attempt broke after sending and whose retry was refused may still
+/// have been applied.
 fn failed(
     request: &UpstreamRequest,
     retries: Retries,
     failure: CallError<AttemptValue>,
+    delivery: Delivery,
 ) -> Response {
     let target = format!("{} {}", request.method, request.path_and_query);
+    let advice = match retries {
+        Retries::Allowed => "retry with the same Idempotency-Key",
+        Retries::Never => "send an Idempotency-Key to make retrying safe",
+    };
     match failure {
         CallError::BreakerOpen(open) => {
             tracing::warn!(%target, "write refused: the circuit breaker for storagesvc is open");
@@ -101,15 +123,27 @@ fn failed(
             forwarded(response, cache_status::forwarded_uncacheable())
         }
         CallError::Failed {
+            outcome,
+            last,
+            attempts,
+        } if delivery == Delivery::NotSent => {
+            let reason = reason(outcome, last);
+            tracing::warn!(%target, %reason, attempts, "write not sent: storagesvc cannot be reached");
+            Problem::unavailable(
+                "storagesvc-unavailable",
+                format!(
+                    "storagesvc cannot be reached ({attempts} attempt(s)); the write was not sent"
+                ),
+                UNREACHABLE_RETRY_AFTER,
+            )
+            .into_response()
+        }
+        CallError::Failed {
             outcome: AttemptOutcome::TimedOut,
             attempts,
             ..
         } => {
             tracing::warn!(%target, attempts, "write timed out; it may have been applied");
-            let advice = match retries {
-                Retries::Allowed => "retry with the same Idempotency-Key",
-                Retries::Never => "send an Idempotency-Key to make retrying safe",
-            };
             Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream-timeout",
@@ -124,17 +158,24 @@ fn failed(
             last,
             attempts,
         } => {
-            let reason = match last {
-                Some(Err(reason)) => reason,
-                _ => outcome.class().to_owned(),
-            };
-            tracing::warn!(%target, %reason, attempts, "write got no answer from storagesvc");
-            Problem::unavailable(
-                "storagesvc-unavailable",
-                format!("no answer from storagesvc after {attempts} attempt(s): {reason}"),
-                UNREACHABLE_RETRY_AFTER,
+            let reason = reason(outcome, last);
+            tracing::warn!(%target, %reason, attempts, "write got no answer from storagesvc; it may have been applied");
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-broken",
+                format!(
+                    "the connection to storagesvc broke after {attempts} attempt(s) without an answer; the write may have been applied: {advice}"
+                ),
             )
             .into_response()
         }
+    }
+}
+
+/// Why the last attempt got no answer, for the log.
+fn reason(outcome: AttemptOutcome, last: Option<AttemptValue>) -> String {
+    match last {
+        Some(Err(reason)) => reason,
+        _ => outcome.class().to_owned(),
     }
 }

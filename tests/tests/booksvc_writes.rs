@@ -1,10 +1,15 @@
 //! Writes through booksvc, with everything real: they need the writer credential, reach
 //! storagesvc and the database, are never answered from the last-good store, are retried
 //! only when the caller sent an `Idempotency-Key` (the database is paused so that an
-//! attempt really times out).
+//! attempt really times out), and say what happened: storagesvc's `Idempotent-Replayed`
+//! is passed on, booksvc's own `503` means nothing was sent, and a connection that broke
+//! after sending is a `502` (maybe applied).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, Response, StatusCode};
@@ -13,6 +18,8 @@ use system_tests::booksvc::{REQUEST_DEADLINE, TestBooksvc, WRITER_TOKEN};
 use system_tests::containers::{Faults, Postgres, Redis};
 use system_tests::proxy::HoldingProxy;
 use system_tests::storagesvc::{TOKEN, TestStoragesvc, assert_problem};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// `Cache-Status` of every write: forwarded because of its method, never stored.
 const FORWARDED_WRITE: &str = "booksvc; fwd=method";
@@ -434,4 +441,205 @@ async fn booksvc_without_auth_tokens_refuses_every_write_and_still_serves_reads(
         books_before
     );
     assert_eq!(booksvc.get("/books/1").await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_post_through_booksvc_carries_idempotent_replayed() {
+    let stack = stack_with(&[], &[]).await;
+    let booksvc = &stack.booksvc;
+    let title = "Posted twice, written once";
+    let book = json!({"title": title, "author": "A. Writer"});
+
+    let first = send(
+        booksvc,
+        Method::POST,
+        "/books",
+        Some(book.clone()),
+        Some("replay-1"),
+    )
+    .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(header(&first, "idempotent-replayed"), None);
+    let location = header(&first, "location").expect("Location passed on");
+    let created: serde_json::Value = first.json().await.unwrap();
+
+    let second = send(
+        booksvc,
+        Method::POST,
+        "/books",
+        Some(book),
+        Some("replay-1"),
+    )
+    .await;
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(
+        header(&second, "idempotent-replayed").as_deref(),
+        Some("true")
+    );
+    assert_eq!(header(&second, "location"), Some(location));
+    assert_eq!(
+        header(&second, "cache-status").as_deref(),
+        Some(FORWARDED_WRITE)
+    );
+    assert_eq!(second.json::<serde_json::Value>().await.unwrap(), created);
+    assert_eq!(books_titled(&stack.storagesvc, title).await, 1);
+}
+
+/// Stands in for storagesvc: accepts connections, reads each request whole (head and the
+/// body its `Content-Length` announces) and closes without answering, as a storagesvc
+/// that crashed after receiving a write. Counts the requests it read.
+struct AnswerlessServer {
+    address: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnswerlessServer {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    if read_one_request(&mut socket).await {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        Self {
+            address,
+            requests,
+            task,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for AnswerlessServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one HTTP/1.1 request; true once head and body are in.
+async fn read_one_request(socket: &mut tokio::net::TcpStream) -> bool {
+    let mut received = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    loop {
+        if let Some(head_end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+            let body_length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if received.len() >= head_end + 4 + body_length {
+                return true;
+            }
+        }
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(read) => received.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_breaks_after_sending_answers_502_not_503() {
+    let redis = Redis::start().await;
+    let storagesvc = AnswerlessServer::start().await;
+    // The breaker stays closed, so every write below is really sent.
+    let booksvc = TestBooksvc::spawn(
+        storagesvc.address,
+        &redis.url(),
+        &["--breaker-consecutive-failures", "100"],
+    )
+    .await;
+
+    for (method, path, body) in every_write("Maybe written") {
+        let response = send(&booksvc, method.clone(), path, body, None).await;
+        assert_eq!(header(&response, "retry-after"), None, "{method} {path}");
+        let problem = assert_problem(response, StatusCode::BAD_GATEWAY).await;
+        assert_eq!(problem["type"], "urn:bookstore:problem:upstream-broken");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("may have been applied"), "{detail}");
+        assert!(detail.contains("Idempotency-Key"), "{detail}");
+        assert!(
+            !detail.contains("127.0.0.1"),
+            "no internal address: {detail}"
+        );
+    }
+    assert_eq!(storagesvc.requests(), 3, "each write arrived whole, once");
+
+    // With a key the write is retried (each attempt arrives and breaks); still 502.
+    let response = send(
+        &booksvc,
+        Method::POST,
+        "/books",
+        Some(json!({"title": "Maybe written", "author": "A. Writer"})),
+        Some("broken-1"),
+    )
+    .await;
+    let problem = assert_problem(response, StatusCode::BAD_GATEWAY).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("retry with the same Idempotency-Key"),
+        "{problem}"
+    );
+    assert_eq!(
+        storagesvc.requests(),
+        3 + 3,
+        "the first attempt and two retries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_port_where_nothing_listens_answers_503_with_retry_after() {
+    let redis = Redis::start().await;
+    let nothing_listens = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let booksvc = TestBooksvc::spawn(nothing_listens, &redis.url(), &[]).await;
+
+    // Each write once, then a POST with a key, which is retried: no attempt is sent.
+    let unkeyed = every_write("Never sent").map(|(method, path, body)| (method, path, body, None));
+    let keyed = (
+        Method::POST,
+        "/books",
+        Some(json!({"title": "Never sent", "author": "A. Writer"})),
+        Some("refused-1"),
+    );
+    for (method, path, body, key) in unkeyed.into_iter().chain([keyed]) {
+        let started = Instant::now();
+        let response = send(&booksvc, method.clone(), path, body, key).await;
+        let took = started.elapsed();
+        assert!(took < REQUEST_DEADLINE, "{method} {path} took {took:?}");
+        let retry_after = header(&response, "retry-after");
+        let problem = assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+        assert!(
+            retry_after.is_some(),
+            "{method} {path}: no Retry-After; {problem}"
+        );
+        assert_eq!(
+            problem["type"],
+            "urn:bookstore:problem:storagesvc-unavailable"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("not sent"), "{detail}");
+        assert!(
+            !detail.contains("127.0.0.1"),
+            "no internal address: {detail}"
+        );
+    }
 }
