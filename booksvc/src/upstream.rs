@@ -312,3 +312,29 @@ fn classify_error(err: &ClientError) -> AttemptOutcome {
         _ => AttemptOutcome::Rejected,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Which transport errors count as "never sent" is shown end to end in
+    // tests/tests/booksvc_writes.rs (a refused port, a server that closes unanswered).
+    #[test]
+    fn a_call_is_unsent_only_while_every_attempt_was() {
+        let tally = DeliveryTally::default();
+        assert_eq!(
+            tally.delivery(),
+            Delivery::NotSent,
+            "breaker refused: no attempt"
+        );
+        tally.started.fetch_add(1, Ordering::Relaxed);
+        tally.unsent.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(tally.delivery(), Delivery::NotSent, "refused connection");
+        // An attempt cut off by its timeout never reports back.
+        tally.started.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(tally.delivery(), Delivery::MaybeSent);
+        tally.started.fetch_add(1, Ordering::Relaxed);
+        tally.unsent.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(tally.delivery(), Delivery::MaybeSent, "an earlier attempt");
+    }
+}
