@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The user's story, automated and timed: bring the stack up with Docker Compose,
-# read books through booksvc, stop the database and watch the stale answers,
-# start it and watch fresh ones return, and check that data survives `down`
-# but not `down -v`. Any deviation fails the script; everything it started is
-# removed at the end, on failure too.
+# check that it is hardened (read-only, no capabilities, no new privileges,
+# limits, booksvc cut off from PostgreSQL, Redis behind a password, writes
+# behind a credential), read books through booksvc, stop the database and watch
+# the stale answers, start it and watch fresh ones return, and check that data
+# survives `down` but not `down -v`. Any deviation fails the script; everything
+# it started is removed at the end, on failure too.
 #
 # Images: with STORAGESVC_IMAGE and BOOKSVC_IMAGE set (scripts/offline-images.sh
 # prints them, together with POSTGRES_IMAGE and REDIS_IMAGE) the stack starts
@@ -32,6 +34,7 @@ readonly STALE_WITHIN=2
 readonly FRESH_WITHIN=10
 
 readonly FRESH='booksvc; fwd=miss; stored'
+readonly FORWARDED_WRITE='booksvc; fwd=method'
 readonly STALE='booksvc; hit; detail=upstream-unavailable'
 
 usage() {
@@ -86,12 +89,15 @@ trap teardown EXIT
 
 # --- helpers -------------------------------------------------------------------
 
-# One request; sets STATUS, BODY, CACHE_STATUS, AGE and TOOK (seconds, 3 decimals).
+# request METHOD PATH [DATA] [TOKEN]: one request, with the JSON body DATA and
+# `Authorization: Bearer TOKEN` when given; sets STATUS, BODY, CACHE_STATUS, AGE,
+# LOCATION and TOOK (seconds, 3 decimals).
 request() {
-	local method=$1 path=$2 data=${3:-} headers
+	local method=$1 path=$2 data=${3:-} token=${4:-} headers
 	headers=$(mktemp)
 	local args=(-sS -o "$headers.body" -D "$headers" -w '%{http_code} %{time_total}' -X "$method" --max-time 10)
 	[[ -n $data ]] && args+=(-H 'content-type: application/json' -H "idempotency-key: smoke-$RANDOM$RANDOM" --data "$data")
+	[[ -n $token ]] && args+=(-H "authorization: Bearer $token")
 	local out
 	out=$(curl "${args[@]}" "$BASE$path") || out="000 0"
 	STATUS=${out%% *}
@@ -125,6 +131,65 @@ quietly() {
 }
 
 container_of() { compose ps -q "$1"; }
+
+# The value of variable $2 in the environment of service $1's container.
+env_of() {
+	docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$(container_of "$1")" |
+		sed -n "s/^$2=//p"
+}
+
+# can_connect SERVICE HOST PORT: whether a TCP connection to HOST:PORT opens from
+# inside SERVICE's network namespace (its networks, its DNS), tried by bash's
+# /dev/tcp in a throw-away container of the same image (Debian-based: bash and
+# coreutils are there, the service binary is not needed).
+can_connect() {
+	local container
+	container=$(container_of "$1")
+	docker run --rm --network "container:$container" --entrypoint bash \
+		"$(docker inspect -f '{{.Image}}' "$container")" \
+		-c "timeout 3 bash -c 'exec 3<>/dev/tcp/$2/$3'" >/dev/null 2>&1
+}
+
+# Lists, one a line, what `compose config` shows missing from each service's
+# hardening: read_only, cap_drop ALL, no-new-privileges and the three limits.
+# Reads both docker-compose v1's and the compose plugin's output.
+unhardened_services() {
+	awk '
+		function report() {
+			if (service == "") return
+			if (!read_only) print service ": read_only is not true"
+			if (!drop_all) print service ": cap_drop is not [ALL]"
+			if (!nnp) print service ": no no-new-privileges:true in security_opt"
+			if (!mem) print service ": no mem_limit"
+			if (!cpus) print service ": no cpus"
+			if (!pids) print service ": no pids_limit"
+		}
+		/^[^ ]/ { report(); service = ""; in_services = ($0 ~ /^services:/); next }
+		!in_services { next }
+		/^  [^ -][^:]*:/ {
+			report()
+			service = $1; sub(":", "", service)
+			read_only = drop_all = nnp = mem = cpus = pids = 0
+			next
+		}
+		/^    [^ -][^:]*:/ {
+			key = $1; sub(":", "", key)
+			value = $0; sub(/^[^:]*: */, "", value); gsub(/["\047]/, "", value)
+			if (key == "read_only" && value == "true") read_only = 1
+			if (key == "mem_limit" && value != "" && value != "0") mem = 1
+			if (key == "cpus" && value != "" && value != "0") cpus = 1
+			if (key == "pids_limit" && value != "" && value != "0") pids = 1
+			if (key == "cap_drop" && value ~ /^\[ *ALL *\]$/) drop_all = 1
+			next
+		}
+		/^ +- / {
+			item = $0; sub(/^ +- */, "", item); gsub(/["\047]/, "", item)
+			if (key == "cap_drop" && item == "ALL") drop_all = 1
+			if (key == "security_opt" && item == "no-new-privileges:true") nnp = 1
+		}
+		END { report() }
+	'
+}
 
 health_of() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$(container_of "$1")"; }
 
@@ -167,7 +232,7 @@ assert_stale() {
 
 # --- the story -----------------------------------------------------------------
 
-step "compose: ${COMPOSE[*]}; images: ${POSTGRES_IMAGE:-postgres:17}, ${REDIS_IMAGE:-redis:7}, bookstore/storagesvc, bookstore/booksvc (${UP[*]})"
+step "compose: ${COMPOSE[*]}; images: ${POSTGRES_IMAGE:-postgres:15}, ${REDIS_IMAGE:-redis:7}, bookstore/storagesvc, bookstore/booksvc (${UP[*]})"
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 
 step "no published port but booksvc's (compose config)"
@@ -179,6 +244,10 @@ published=$(awk '
 	in_services && /^    ports:/ { print service }
 ' <<<"$config")
 [[ $published == booksvc ]] || die "services publishing ports: '${published//$'\n'/ }' (expected only booksvc)"
+
+step "every service hardened (compose config): read_only, cap_drop ALL, no-new-privileges, memory/CPU/pids limits"
+unhardened=$(unhardened_services <<<"$config")
+[[ -z $unhardened ]] || die "not hardened: ${unhardened//$'\n'/; }"
 
 step "up: ${COMPOSE[*]} ${UP[*]}"
 quietly compose "${UP[@]}"
@@ -202,6 +271,57 @@ for service in database redis storagesvc; do
 	ports=$(docker port "$(container_of "$service")")
 	[[ -z $ports ]] || die "$service has published ports: $ports"
 done
+
+step "the engine applied the hardening: read-only root, capabilities, no-new-privileges, limits"
+for service in database redis storagesvc booksvc; do
+	read -r read_only cap_drop security_opt memory cpus pids < <(docker inspect -f \
+		'{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}' \
+		"$(container_of "$service")")
+	[[ $read_only == true && $cap_drop == '["ALL"]' && $security_opt == *'"no-new-privileges:true"'* ]] ||
+		die "$service: read-only $read_only, cap_drop '$cap_drop', security_opt '$security_opt'"
+	((memory > 0 && cpus > 0 && pids > 0)) || die "$service: memory $memory, nano CPUs $cpus, pids $pids"
+	log "    $service: read-only, cap_drop ALL, no-new-privileges, $((memory / 1024 / 1024)) MiB, $((cpus / 10000000))% CPU, $pids pids"
+done
+# The database's entrypoint drops to postgres; the server keeps no capability.
+database_caps=$(docker exec "$(container_of database)" sh -c 'grep CapEff /proc/1/status')
+[[ $database_caps == *0000000000000000 ]] || die "PostgreSQL runs with capabilities: $database_caps"
+
+step "networks: booksvc reaches storagesvc and Redis, never PostgreSQL"
+can_connect booksvc storagesvc 8082 || die "booksvc cannot reach storagesvc:8082"
+can_connect booksvc redis 6379 || die "booksvc cannot reach redis:6379"
+can_connect storagesvc database 5432 || die "storagesvc cannot reach database:5432"
+! can_connect booksvc database 5432 || die "booksvc can open a connection to database:5432"
+# Not by name, and not by address either: the data network is not booksvc's.
+database_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$(container_of database)")
+! can_connect booksvc "$database_ip" 5432 || die "booksvc can open a connection to $database_ip:5432"
+log "    booksvc: storagesvc:8082 and redis:6379 open; database:5432 and $database_ip:5432 do not"
+
+step "Redis wants its password"
+redis_container=$(container_of redis)
+answer=$(docker exec "$redis_container" env -u REDISCLI_AUTH redis-cli ping 2>&1) || true
+[[ $answer == *NOAUTH* ]] || die "Redis answered '$answer' to a client without the password"
+answer=$(docker exec "$redis_container" redis-cli ping 2>&1) || true
+[[ $answer == PONG ]] || die "Redis answered '$answer' to a client with the password"
+policy=$(docker exec "$redis_container" redis-cli config get maxmemory-policy | tail -1)
+[[ $policy == allkeys-lru ]] || die "Redis's maxmemory-policy is '$policy'"
+
+step "writes need booksvc's writer credential; reads need none"
+WRITER_TOKEN=$(env_of booksvc AUTH_TOKENS | cut -d, -f1)
+[[ -n $WRITER_TOKEN ]] || die "booksvc has no AUTH_TOKENS"
+readonly WRITER_TOKEN
+request POST /books '{"title":"Anonymous","author":"Compose Smoke"}'
+expect "an anonymous POST answers 401" test "$STATUS" = 401
+request DELETE /books/1
+expect "an anonymous DELETE answers 401" test "$STATUS" = 401
+request DELETE /books/1 "" "not-the-writer-token"
+expect "a DELETE with a wrong token answers 401" test "$STATUS" = 401
+request GET /books/1
+expect "book 1 is still there" test "$STATUS" = 200
+request POST /books '{"title":"Written with the token","author":"Compose Smoke"}' "$WRITER_TOKEN"
+expect "a POST with the writer token answers 201" test "$STATUS" = 201
+expect "the write is marked forwarded by method" test "$CACHE_STATUS" = "$FORWARDED_WRITE"
+request DELETE "$LOCATION" "" "$WRITER_TOKEN"
+expect "a DELETE with the writer token answers 204" test "$STATUS" = 204
 
 step "read: curl $BASE/ returns the seed books, forwarded and stored"
 request GET /
@@ -228,7 +348,7 @@ docker start "$database_container" >/dev/null
 wait_fresh / "$FRESH_WITHIN"
 
 step "a book created through booksvc survives down and up"
-request POST /books '{"title":"Survives a restart","author":"Compose Smoke"}'
+request POST /books '{"title":"Survives a restart","author":"Compose Smoke"}' "$WRITER_TOKEN"
 expect "POST /books answers 201" test "$STATUS" = 201
 book=$LOCATION
 expect "a Location header" test -n "$book"

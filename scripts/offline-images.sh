@@ -11,7 +11,9 @@
 #                   user; base of the service images
 #   POSTGRES_IMAGE  Debian's PostgreSQL with an entrypoint that behaves like
 #                   the official `postgres` image (POSTGRES_USER/_PASSWORD/_DB)
-#   REDIS_IMAGE     Debian's Redis, listening on all interfaces, no persistence
+#   REDIS_IMAGE     Debian's Redis, listening on all interfaces, no persistence,
+#                   64 MB maxmemory with LRU eviction, a password from
+#                   REDIS_PASSWORD when set
 #   STORAGESVC_IMAGE, BOOKSVC_IMAGE
 #                   the services, from release binaries built on the host, made
 #                   by the repository's Dockerfile.storagesvc and Dockerfile.booksvc

@@ -107,7 +107,7 @@ impl Postgres {
     /// Starts PostgreSQL on `host_port` (which a service may already be configured with).
     pub async fn start_on(host_port: u16) -> Self {
         require_docker().await;
-        let (name, tag) = image_from_env("POSTGRES_IMAGE", "postgres:17");
+        let (name, tag) = image_from_env("POSTGRES_IMAGE", "postgres:15");
         let container = GenericImage::new(name, tag)
             .with_exposed_port(5432.tcp())
             .with_wait_for(WaitFor::message_on_stderr(
