@@ -8,8 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, Response, StatusCode};
@@ -487,10 +486,10 @@ async fn a_replayed_post_through_booksvc_carries_idempotent_replayed() {
 
 /// Stands in for storagesvc: accepts connections, reads each request whole (head and the
 /// body its `Content-Length` announces) and closes without answering, as a storagesvc
-/// that crashed after receiving a write. Counts the requests it read.
+/// that crashed after receiving a write. Keeps the head of every request it read.
 struct AnswerlessServer {
     address: SocketAddr,
-    requests: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -498,14 +497,14 @@ impl AnswerlessServer {
     async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&requests);
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let read = Arc::clone(&heads);
         let task = tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let counted = Arc::clone(&counted);
+                let read = Arc::clone(&read);
                 tokio::spawn(async move {
-                    if read_one_request(&mut socket).await {
-                        counted.fetch_add(1, Ordering::SeqCst);
+                    if let Some(head) = read_one_request(&mut socket).await {
+                        read.lock().unwrap().push(head);
                     }
                     let _ = socket.shutdown().await;
                 });
@@ -513,13 +512,14 @@ impl AnswerlessServer {
         });
         Self {
             address,
-            requests,
+            heads,
             task,
         }
     }
 
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+    /// The requests read whole so far: request line and headers, lower case.
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 }
 
@@ -529,8 +529,8 @@ impl Drop for AnswerlessServer {
     }
 }
 
-/// Reads one HTTP/1.1 request; true once head and body are in.
-async fn read_one_request(socket: &mut tokio::net::TcpStream) -> bool {
+/// Reads one HTTP/1.1 request; its head, lower case, once head and body are in.
+async fn read_one_request(socket: &mut tokio::net::TcpStream) -> Option<String> {
     let mut received = Vec::new();
     let mut chunk = [0_u8; 4096];
     loop {
@@ -542,11 +542,11 @@ async fn read_one_request(socket: &mut tokio::net::TcpStream) -> bool {
                 .and_then(|value| value.trim().parse::<usize>().ok())
                 .unwrap_or(0);
             if received.len() >= head_end + 4 + body_length {
-                return true;
+                return Some(head);
             }
         }
         match socket.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(read) => received.extend_from_slice(&chunk[..read]),
         }
     }
@@ -577,7 +577,16 @@ async fn a_write_whose_connection_breaks_after_sending_answers_502_not_503() {
             "no internal address: {detail}"
         );
     }
-    assert_eq!(storagesvc.requests(), 3, "each write arrived whole, once");
+    let heads = storagesvc.heads();
+    assert_eq!(heads.len(), 3, "each write arrived whole, once: {heads:?}");
+    // booksvc sent its own credential for storagesvc, never the caller's.
+    for head in &heads {
+        assert!(
+            head.contains(&format!("authorization: bearer {TOKEN}")),
+            "{head}"
+        );
+        assert!(!head.contains(WRITER_TOKEN), "{head}");
+    }
 
     // With a key the write is retried (each attempt arrives and breaks); still 502.
     let response = send(
@@ -597,10 +606,13 @@ async fn a_write_whose_connection_breaks_after_sending_answers_502_not_503() {
         "{problem}"
     );
     assert_eq!(
-        storagesvc.requests(),
+        storagesvc.heads().len(),
         3 + 3,
         "the first attempt and two retries"
     );
+    for head in &storagesvc.heads()[3..] {
+        assert!(head.contains("idempotency-key: broken-1"), "{head}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
