@@ -144,6 +144,9 @@ async fn invalid_values_stop_startup_naming_the_variable() {
         ("CACHE_MEMORY_BYTES", "32MiB"),
         ("LOG_FORMAT", "xml"),
         ("SHUTDOWN_GRACE", "later"),
+        // Durations no clock can take stop start-up instead of panicking a request.
+        ("REQUEST_DEADLINE", "1000000y"),
+        ("CACHE_TTL", "18446744073709551615s"),
     ] {
         let output = run(booksvc().env(variable, value)).await;
         assert_stopped_naming(&output, variable, &format!("{variable}={value}"));

@@ -5,13 +5,26 @@
 
 use std::time::Duration;
 
+/// The longest duration any setting accepts. Every configured duration ends up added to a
+/// clock (`Instant + Duration` panics on overflow, and `1000000000y` parses); no timeout,
+/// interval or TTL here has a use beyond a year.
+pub const LONGEST_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Parses a human duration (`500ms`, `2s`, `1m 30s`) for a `clap` argument.
 ///
 /// A bare number is rejected rather than guessed at: `500` could mean seconds or
 /// milliseconds, and a wrong guess would silently change a timeout by a factor of 1000.
+/// A value beyond [`LONGEST_DURATION`] is refused (clap's message names the variable).
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value.trim())
-        .map_err(|err| format!("{err}; expected a duration such as `500ms` or `2s`"))
+    let duration = humantime::parse_duration(value.trim())
+        .map_err(|err| format!("{err}; expected a duration such as `500ms` or `2s`"))?;
+    if duration > LONGEST_DURATION {
+        return Err(format!(
+            "longer than the longest accepted duration, {}",
+            humantime::format_duration(LONGEST_DURATION)
+        ));
+    }
+    Ok(duration)
 }
 
 /// How log lines are written.
@@ -52,5 +65,17 @@ mod tests {
             let err = parse_duration(bad).expect_err(bad);
             assert!(err.contains("expected a duration"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn refuses_durations_no_clock_can_take() {
+        assert_eq!(parse_duration("365days"), Ok(LONGEST_DURATION));
+        for absurd in ["366days", "1000000y", "18446744073709551615s"] {
+            let err = parse_duration(absurd).expect_err(absurd);
+            assert!(err.contains("longest accepted"), "{absurd}: {err}");
+        }
+        // Whatever is accepted can be added to a clock.
+        let longest = parse_duration("365days").unwrap();
+        assert!(tokio::time::Instant::now().checked_add(longest).is_some());
     }
 }

@@ -44,6 +44,8 @@ async fn invalid_values_stop_startup_naming_the_variable() {
         ("BIND_ADDR", "not-an-address"),
         ("LOG_FORMAT", "xml"),
         ("DB_MAX_CONNECTIONS", "0"),
+        ("DB_QUERY_TIMEOUT", "1000000y"),
+        ("SHUTDOWN_GRACE", "18446744073709551615s"),
     ] {
         let output = run(Command::new(env!("CARGO_BIN_EXE_storagesvc"))
             .env_clear()
