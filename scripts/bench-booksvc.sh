@@ -121,8 +121,8 @@ Environment:
                  scripts/offline-images.sh)
   CARGO_TARGET_DIR  honoured when locating the binaries
 Other settings of the services in the environment (DB_MAX_CONNECTIONS,
-REQUEST_DEADLINE, ...) are passed through; BIND_ADDR, DATABASE_URL,
-AUTH_TOKENS, STORAGESVC_URL, STORAGESVC_BEARER_TOKEN, REDIS_URL, LOG_FORMAT and
+REQUEST_DEADLINE, ...) are passed through; BIND_ADDR, ADMIN_BIND_ADDR,
+DATABASE_URL, AUTH_TOKENS, STORAGESVC_URL, STORAGESVC_BEARER_TOKEN, REDIS_URL, LOG_FORMAT and
 RUST_LOG are set by the script.
 EOF
 }
@@ -356,15 +356,17 @@ service_fail() {
 	die "$3"
 }
 
-# wait_service NAME PID LOGFILE: waits until the process listens and its
-# readiness answers 200; prints the port.
+# wait_service NAME PID LOGFILE ADMIN_PORT: waits until the process listens on
+# its public port (the one that is not ADMIN_PORT) and its readiness answers
+# 200; prints the public port.
 wait_service() {
-	local name=$1 pid=$2 logfile=$3 port="" code=""
+	local name=$1 pid=$2 logfile=$3 admin_port=$4 port="" code=""
 	local deadline=$((SECONDS + READY_TIMEOUT))
 	while [[ -z $port ]]; do
 		pid_alive "$pid" || service_fail "$name" "$logfile" "$name exited during start-up"
 		port=$(ss -Hltnp 2>/dev/null |
-			awk -v pid="pid=$pid," 'index($0, pid) { n = split($4, a, ":"); print a[n]; exit }')
+			awk -v pid="pid=$pid," -v admin="$admin_port" \
+				'index($0, pid) { n = split($4, a, ":"); if (a[n] != admin) { print a[n]; exit } }')
 		[[ -n $port ]] && break
 		((SECONDS < deadline)) || service_fail "$name" "$logfile" "$name not listening after ${READY_TIMEOUT}s"
 		sleep 0.1
@@ -381,10 +383,13 @@ wait_service() {
 # A plain `cmd &` execs the service in the forked child (env execs too), so $!
 # is the service itself, whose /proc entry gives its memory and CPU figures.
 SVC_PORT=""
+SVC_ADMIN_PORT=""
 start_storagesvc() {
 	local logfile=$LOG_DIR/storagesvc.log
 	log "starting storagesvc (RUST_LOG=$LOG_LEVEL), logs in $logfile"
+	SVC_ADMIN_PORT=$(pick_free_port)
 	BIND_ADDR=127.0.0.1:0 \
+		ADMIN_BIND_ADDR=127.0.0.1:$SVC_ADMIN_PORT \
 		DATABASE_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME" \
 		AUTH_TOKENS="$TOKEN" \
 		LOG_FORMAT=json \
@@ -393,19 +398,23 @@ start_storagesvc() {
 	SVC_PID=$!
 	# Healthy means the database answers and migrations (with the seed books)
 	# have run.
-	SVC_PORT=$(wait_service storagesvc "$SVC_PID" "$logfile")
+	SVC_PORT=$(wait_service storagesvc "$SVC_PID" "$logfile" "$SVC_ADMIN_PORT")
 	log "storagesvc healthy on 127.0.0.1:$SVC_PORT (pid $SVC_PID)"
 }
 
 BOOK_PORT=""
+# booksvc's admin listener: /metrics and the detailed readiness (breaker state).
+BOOK_ADMIN_PORT=""
 start_booksvc() {
 	local logfile=$LOG_DIR/booksvc.log
 	log "starting booksvc (RUST_LOG=$LOG_LEVEL), logs in $logfile"
+	BOOK_ADMIN_PORT=$(pick_free_port)
 	# Only the bearer token authenticates to storagesvc: other STORAGESVC_*
 	# credentials from the environment would compete with it.
 	env -u STORAGESVC_API_KEY -u STORAGESVC_BASIC_USER -u STORAGESVC_BASIC_PASSWORD \
 		-u STORAGESVC_OAUTH_TOKEN_URL -u STORAGESVC_OAUTH_CLIENT_ID -u STORAGESVC_OAUTH_CLIENT_SECRET \
 		BIND_ADDR=127.0.0.1:0 \
+		ADMIN_BIND_ADDR=127.0.0.1:$BOOK_ADMIN_PORT \
 		STORAGESVC_URL="http://127.0.0.1:$SVC_PORT" \
 		STORAGESVC_BEARER_TOKEN="$TOKEN" \
 		REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
@@ -413,7 +422,7 @@ start_booksvc() {
 		RUST_LOG="$LOG_LEVEL" \
 		"$BOOK_BIN" >"$logfile" 2>&1 </dev/null &
 	BOOK_PID=$!
-	BOOK_PORT=$(wait_service booksvc "$BOOK_PID" "$logfile")
+	BOOK_PORT=$(wait_service booksvc "$BOOK_PID" "$logfile" "$BOOK_ADMIN_PORT")
 	log "booksvc healthy on 127.0.0.1:$BOOK_PORT (pid $BOOK_PID)"
 }
 
@@ -457,7 +466,7 @@ check_books() {
 
 # --- measurements -------------------------------------------------------------
 
-# metrics_snapshot: from one read of booksvc's /metrics, the counters that
+# metrics_snapshot: from one read of booksvc's /metrics (admin port), the counters that
 # explain a run, as "attempts attempt_us fallbacks from_memory probes answers
 # over_4ms over_8ms": attempts sent to storagesvc and their total time in
 # microseconds; answers from the last-good store (all, and those from
@@ -466,7 +475,7 @@ check_books() {
 # latency histogram, around the 5 ms target), by its own clock.
 metrics_snapshot() {
 	local text
-	text=$(curl -s --max-time 5 "http://127.0.0.1:$BOOK_PORT/metrics") ||
+	text=$(curl -s --max-time 5 "http://127.0.0.1:$BOOK_ADMIN_PORT/metrics") ||
 		die "cannot read booksvc's /metrics"
 	awk '
 		function is(name) {
@@ -493,9 +502,10 @@ metrics_snapshot() {
 		}' <<<"$text"
 }
 
-# breaker_state: closed, open or half_open, from booksvc's readiness body.
+# breaker_state: closed, open or half_open, from booksvc's detailed readiness
+# body (admin port).
 breaker_state() {
-	{ curl -s --max-time 5 "http://127.0.0.1:$BOOK_PORT/.well-known/health" || true; } |
+	{ curl -s --max-time 5 "http://127.0.0.1:$BOOK_ADMIN_PORT/.well-known/health" || true; } |
 		awk 'match($0, /"breaker":"[a-z_]+"/) { s = substr($0, RSTART, RLENGTH); sub(/.*:"/, "", s); sub(/"$/, "", s); print s }'
 }
 

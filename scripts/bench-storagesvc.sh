@@ -97,8 +97,8 @@ Environment:
   POSTGRES_IMAGE PostgreSQL image to use (default: built by offline-images.sh)
   CARGO_TARGET_DIR  honoured when locating the binary
 Other storagesvc settings in the environment (DB_MAX_CONNECTIONS, ...) are
-passed through; BIND_ADDR, DATABASE_URL, AUTH_TOKENS, LOG_FORMAT and RUST_LOG
-are set by the script.
+passed through; BIND_ADDR, ADMIN_BIND_ADDR, DATABASE_URL, AUTH_TOKENS,
+LOG_FORMAT and RUST_LOG are set by the script.
 EOF
 }
 
@@ -269,10 +269,18 @@ SVC_PORT=""
 start_service() {
 	local level=$1 logfile=$2
 	local bind=127.0.0.1:${SERVICE_PORT:-0}
+	# The admin listener gets a port of its own, known in advance, so that the
+	# public port can be told from it below.
+	local admin_port="" admin_bind=127.0.0.1:0
+	if [[ -z $SERVICE_PORT ]]; then
+		admin_port=$(pick_free_port)
+		admin_bind=127.0.0.1:$admin_port
+	fi
 	log "starting storagesvc (RUST_LOG=$level), logs in $logfile"
 	# A plain `cmd &` execs storagesvc in the forked child, so $! is the
 	# service itself, whose /proc entry gives its memory and CPU figures.
 	BIND_ADDR=$bind \
+		ADMIN_BIND_ADDR=$admin_bind \
 		DATABASE_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME" \
 		AUTH_TOKENS="$TOKEN" \
 		LOG_FORMAT=json \
@@ -285,7 +293,8 @@ start_service() {
 	while [[ -z $SVC_PORT ]]; do
 		svc_alive || svc_fail "$logfile" "storagesvc exited during start-up"
 		SVC_PORT=$(ss -Hltnp 2>/dev/null |
-			awk -v pid="pid=$SVC_PID," 'index($0, pid) { n = split($4, a, ":"); print a[n]; exit }')
+			awk -v pid="pid=$SVC_PID," -v admin="$admin_port" \
+				'index($0, pid) { n = split($4, a, ":"); if (a[n] != admin) { print a[n]; exit } }')
 		[[ -n $SVC_PORT ]] && break
 		((SECONDS < deadline)) || svc_fail "$logfile" "storagesvc not listening after ${READY_TIMEOUT}s"
 		sleep 0.1

@@ -10,7 +10,7 @@
 # built by bench/nginx/build-image.sh either way.
 #
 # Runs under its own compose project name, bookstore-drill, so it never touches a stack
-# you started yourself. Uses host ports 18080 to 18082 on 127.0.0.1. Takes about
+# you started yourself. Uses host ports 18080 to 18082, 19081 and 19082 on 127.0.0.1. Takes about
 # 11 minutes; arguments after `--` replace the drill's (for example `-- database-stop`
 # for one scenario with the default phases, or `-- --rate 100 all`).
 

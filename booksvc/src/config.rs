@@ -13,12 +13,16 @@ use shared::config::{CommonArgs, parse_duration};
     name = "booksvc",
     version,
     about = "The public books API. Reads storagesvc through a resilient client and answers from the last good response when it fails.",
-    after_help = "storagesvc is found through STORAGESVC_URL (required) and authenticated with STORAGESVC_API_KEY, STORAGESVC_BEARER_TOKEN, STORAGESVC_BASIC_USER/_PASSWORD or STORAGESVC_OAUTH_TOKEN_URL/_CLIENT_ID/_CLIENT_SECRET.\n\n`booksvc healthcheck` asks the instance running on this host (port of BIND_ADDR) for readiness and exits 0 when it is ready: the container health check."
+    after_help = "storagesvc is found through STORAGESVC_URL (required) and authenticated with STORAGESVC_API_KEY, STORAGESVC_BEARER_TOKEN, STORAGESVC_BASIC_USER/_PASSWORD or STORAGESVC_OAUTH_TOKEN_URL/_CLIENT_ID/_CLIENT_SECRET.\n\n`booksvc healthcheck` asks the instance running on this host (port of ADMIN_BIND_ADDR) for readiness and exits 0 when it is ready: the container health check."
 )]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8081")]
     pub bind_addr: SocketAddr,
+
+    /// Address of the admin listener: /metrics and detailed health. Never publish it.
+    #[arg(long, env = "ADMIN_BIND_ADDR", default_value = "0.0.0.0:9081")]
+    pub admin_bind_addr: SocketAddr,
 
     /// Redis for the last-good store.
     #[arg(
@@ -90,8 +94,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// The port of the default `BIND_ADDR`, where `healthcheck` looks when it is unset.
-    pub const DEFAULT_PORT: u16 = 8081;
+    /// The port of the default `ADMIN_BIND_ADDR`, where `healthcheck` looks when it is
+    /// unset.
+    pub const DEFAULT_ADMIN_PORT: u16 = 9081;
 }
 
 /// A time limit or an interval. Zero is refused: as a limit it would fail every call, and

@@ -25,7 +25,7 @@ use shared::resilience::{
     BreakerConfig, BreakerState, CallLimits, CircuitBreaker, Resilience, RetryBudget,
     RetryBudgetConfig, RetryPolicy,
 };
-use shared::server::{Service, with_common_layers};
+use shared::server::Service;
 
 use crate::config::Config;
 use crate::last_good::{LastGoodConfig, LastGoodStore};
@@ -55,6 +55,7 @@ impl Application {
     /// in `main`, built directly in tests).
     pub async fn build(config: Config, storagesvc: ServiceClientConfig) -> anyhow::Result<Service> {
         let listener = Service::bind(config.bind_addr).await?;
+        let admin_listener = Service::bind_admin(config.admin_bind_addr).await?;
         let mut registry = Registry::default();
         let http_metrics = HttpMetrics::register(&mut registry);
 
@@ -130,14 +131,22 @@ impl Application {
                 ),
             )
             .with_state(state);
-        let router = with_common_layers(
-            routes
-                .merge(health.routes())
-                .merge(shared::metrics::routes(Arc::new(registry))),
+        let public = routes.merge(health.clone().public_routes());
+        let admin = health
+            .admin_routes()
+            .merge(shared::metrics::routes(Arc::new(registry)));
+        let service = Service::new(
+            (listener, public),
+            (admin_listener, admin),
             http_metrics,
+            config.common.server_limits(),
+            vec![probe],
+        )?;
+        tracing::info!(
+            address = %service.address(),
+            admin_address = %service.admin_address(),
+            "booksvc listening"
         );
-        let service = Service::new(listener, router, config.common.shutdown_grace, vec![probe])?;
-        tracing::info!(address = %service.address(), "booksvc listening");
         Ok(service)
     }
 }

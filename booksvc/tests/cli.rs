@@ -14,6 +14,7 @@ fn booksvc() -> Command {
     command
         .env_clear()
         .env("BIND_ADDR", "127.0.0.1:0")
+        .env("ADMIN_BIND_ADDR", "127.0.0.1:0")
         .env("STORAGESVC_URL", "http://127.0.0.1:1")
         .env("REDIS_URL", "redis://127.0.0.1:1");
     command
@@ -43,6 +44,13 @@ async fn help_lists_every_variable_with_its_default() {
     let help = String::from_utf8(output.stdout).unwrap();
     for (variable, default) in [
         ("BIND_ADDR", "0.0.0.0:8081"),
+        ("ADMIN_BIND_ADDR", "0.0.0.0:9081"),
+        ("HEADER_READ_TIMEOUT", "10s"),
+        ("REQUEST_TIMEOUT", "10s"),
+        ("MAX_CONNECTIONS", "1024"),
+        ("MAX_REQUESTS_IN_FLIGHT", "512"),
+        ("MAX_HEADER_BYTES", "16384"),
+        ("MAX_BODY_BYTES", "65536"),
         ("REDIS_URL", "redis://redis:6379"),
         ("REQUEST_DEADLINE", "1500ms"),
         ("ATTEMPT_TIMEOUT", "500ms"),
@@ -144,6 +152,16 @@ async fn invalid_values_stop_startup_naming_the_variable() {
         ("CACHE_MEMORY_BYTES", "32MiB"),
         ("LOG_FORMAT", "xml"),
         ("SHUTDOWN_GRACE", "later"),
+        // Durations no clock can take stop start-up instead of panicking a request.
+        ("REQUEST_DEADLINE", "1000000y"),
+        ("CACHE_TTL", "18446744073709551615s"),
+        ("ADMIN_BIND_ADDR", "not-an-address"),
+        ("HEADER_READ_TIMEOUT", "0s"),
+        ("REQUEST_TIMEOUT", "1000000y"),
+        ("MAX_CONNECTIONS", "0"),
+        ("MAX_REQUESTS_IN_FLIGHT", "none"),
+        ("MAX_HEADER_BYTES", "100"),
+        ("MAX_BODY_BYTES", "0"),
     ] {
         let output = run(booksvc().env(variable, value)).await;
         assert_stopped_naming(&output, variable, &format!("{variable}={value}"));

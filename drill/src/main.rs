@@ -39,7 +39,8 @@ Prints per-phase figures for every target; with --report, also writes the markdo
 one SVG timeline per scenario next to it, and every sample as CSV under --samples-dir.
 
 The stack is the project's docker-compose.yaml plus bench/docker-compose.drill.yaml (nginx
-in front of the same storagesvc, published ports). scripts/drill-report.sh starts it, runs
+in front of the same storagesvc, published ports: the services' admin ports, where their
+/metrics are, on 127.0.0.1:19081 and 19082). scripts/drill-report.sh starts it, runs
 `drill --throughput all --report docs/resilience-report.md` and removes it again.";
 
 /// The failure drill.
@@ -70,11 +71,11 @@ struct Cli {
     /// What the load reads from booksvc.
     #[arg(long, default_value = "http://127.0.0.1:18081/books")]
     booksvc_url: String,
-    /// booksvc's metrics (its breaker).
-    #[arg(long, default_value = "http://127.0.0.1:18081/metrics")]
+    /// booksvc's metrics (its breaker), on its admin port.
+    #[arg(long, default_value = "http://127.0.0.1:19081/metrics")]
     booksvc_metrics: String,
-    /// storagesvc's metrics (the requests that reached it).
-    #[arg(long, default_value = "http://127.0.0.1:18082/metrics")]
+    /// storagesvc's metrics (the requests that reached it), on its admin port.
+    #[arg(long, default_value = "http://127.0.0.1:19082/metrics")]
     storagesvc_metrics: String,
     /// What the load reads from the nginx peer.
     #[arg(long, default_value = "http://127.0.0.1:18080/books")]

@@ -102,6 +102,16 @@ mod tests {
             budget_from_headers(&headers("99999999999")),
             Some(LONGEST_BUDGET)
         );
+        // Capped before it meets the clock: the largest u64 is an hour; beyond u64 the
+        // header is malformed, and the service's own limits hold.
+        assert_eq!(
+            budget_from_headers(&headers("18446744073709551615")),
+            Some(LONGEST_BUDGET)
+        );
+        assert_eq!(
+            budget_from_headers(&headers("99999999999999999999999")),
+            None
+        );
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Liveness (`/.well-known/alive`) and readiness (`/.well-known/health`) with pluggable checks.
 //!
+//! Readiness is served twice: terse on the public port (`{"status":"up"}` or
+//! `{"status":"down"}`, with the same status code), detailed on the admin port (each check,
+//! its state and its error). Error strings name hosts, ports and drivers: they are for the
+//! operator, not for whoever can reach the public port.
+//!
 //! Liveness only says the process answers. Readiness runs every registered check, each
 //! bounded by a timeout so a hanging dependency makes the probe fail rather than hang,
 //! and answers 503 when a *critical* check fails. A service registers a dependency it can
@@ -97,8 +102,20 @@ impl Health {
         (ready, body)
     }
 
-    /// The two `/.well-known` routes, ready to merge into a service's router.
-    pub fn routes<S>(self) -> Router<S>
+    /// The public port's `/.well-known` routes: liveness, and readiness with its status
+    /// code and a body that says only `up` or `down`.
+    pub fn public_routes<S>(self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new()
+            .route("/.well-known/alive", get(alive))
+            .route("/.well-known/health", get(terse_readiness))
+            .with_state(self)
+    }
+
+    /// The admin port's `/.well-known` routes: liveness, and readiness with every check.
+    pub fn admin_routes<S>(self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
     {
@@ -154,14 +171,23 @@ async fn alive() -> impl IntoResponse {
     Json(json!({ "status": "up" }))
 }
 
-async fn readiness(State(health): State<Health>) -> impl IntoResponse {
-    let (ready, body) = health.report().await;
-    let status = if ready {
+fn readiness_status(ready: bool) -> StatusCode {
+    if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body))
+    }
+}
+
+async fn readiness(State(health): State<Health>) -> impl IntoResponse {
+    let (ready, body) = health.report().await;
+    (readiness_status(ready), Json(body))
+}
+
+async fn terse_readiness(State(health): State<Health>) -> impl IntoResponse {
+    let (ready, _) = health.report().await;
+    let status = if ready { "up" } else { "down" };
+    (readiness_status(ready), Json(json!({ "status": status })))
 }
 
 #[cfg(test)]
@@ -206,6 +232,48 @@ mod tests {
         let (ready, body) = health.report().await;
         assert!(!ready);
         assert_eq!(body["status"], "down");
+    }
+
+    struct FailsWith(&'static str);
+    impl HealthCheck for FailsWith {
+        fn check(&self) -> Pin<Box<dyn Future<Output = CheckOutcome> + Send + '_>> {
+            let error = self.0;
+            Box::pin(async move { CheckOutcome::down(json!({ "error": error })) })
+        }
+    }
+
+    async fn get(router: Router, path: &str) -> (StatusCode, Value) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let request = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn public_readiness_says_only_up_or_down_and_admin_readiness_says_why() {
+        let health = Health::builder()
+            .critical("db", FailsWith("connection refused by 10.0.0.7:5432"))
+            .build();
+        let (status, body) = get(health.clone().public_routes(), "/.well-known/health").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, json!({ "status": "down" }));
+
+        let (status, body) = get(health.admin_routes(), "/.well-known/health").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body["checks"]["db"]["error"],
+            "connection refused by 10.0.0.7:5432"
+        );
+
+        let ready = Health::builder().critical("db", Fixed(true)).build();
+        let (status, body) = get(ready.public_routes(), "/.well-known/health").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({ "status": "up" }));
     }
 
     #[tokio::test(start_paused = true)]

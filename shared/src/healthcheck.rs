@@ -1,10 +1,12 @@
 //! `<service> healthcheck`: the container health check, built into the binary so the
 //! image needs no curl.
 //!
-//! It asks the readiness endpoint of the instance running in the same container
-//! (`127.0.0.1`, on the port of `BIND_ADDR`) and exits 0 when it answers 200, 1 otherwise,
-//! printing what it saw. It is checked before the service's own settings are parsed, so it
-//! works with whatever environment the container has.
+//! It asks the detailed readiness endpoint of the instance running in the same container
+//! (`127.0.0.1`, on the port of `ADMIN_BIND_ADDR`: the admin port is never published, but
+//! the check runs inside the container) and exits 0 when it answers 200, 1 otherwise,
+//! printing what it saw, so `docker inspect` shows each dependency's state. It is checked
+//! before the service's own settings are parsed, so it works with whatever environment
+//! the container has.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -23,19 +25,19 @@ pub fn requested() -> bool {
         .is_some_and(|arg| arg == SUBCOMMAND)
 }
 
-/// Where the instance in this container answers readiness: `BIND_ADDR`'s port (or
-/// `default_port`) on loopback.
-pub fn readiness_url(bind_addr: Option<&str>, default_port: u16) -> String {
-    let port = bind_addr
+/// Where the instance in this container answers detailed readiness: `ADMIN_BIND_ADDR`'s
+/// port (or `default_admin_port`) on loopback.
+pub fn readiness_url(admin_bind_addr: Option<&str>, default_admin_port: u16) -> String {
+    let port = admin_bind_addr
         .and_then(|addr| addr.parse::<SocketAddr>().ok())
-        .map_or(default_port, |addr| addr.port());
+        .map_or(default_admin_port, |addr| addr.port());
     format!("http://127.0.0.1:{port}/.well-known/health")
 }
 
 /// Runs the check and says how it went; the exit code is what Docker reads.
-pub async fn run(default_port: u16) -> ExitCode {
-    let bind_addr = std::env::var("BIND_ADDR").ok();
-    let url = readiness_url(bind_addr.as_deref(), default_port);
+pub async fn run(default_admin_port: u16) -> ExitCode {
+    let admin_bind_addr = std::env::var("ADMIN_BIND_ADDR").ok();
+    let url = readiness_url(admin_bind_addr.as_deref(), default_admin_port);
     let answer = async {
         let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
         let response = client.get(&url).send().await?;
@@ -65,18 +67,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_port_comes_from_bind_addr() {
+    fn the_port_comes_from_admin_bind_addr() {
         assert_eq!(
-            readiness_url(Some("0.0.0.0:9000"), 8081),
+            readiness_url(Some("0.0.0.0:9000"), 9081),
             "http://127.0.0.1:9000/.well-known/health"
         );
         assert_eq!(
-            readiness_url(None, 8081),
-            "http://127.0.0.1:8081/.well-known/health"
+            readiness_url(None, 9081),
+            "http://127.0.0.1:9081/.well-known/health"
         );
         assert_eq!(
-            readiness_url(Some("not an address"), 8082),
-            "http://127.0.0.1:8082/.well-known/health"
+            readiness_url(Some("not an address"), 9082),
+            "http://127.0.0.1:9082/.well-known/health"
         );
     }
 }

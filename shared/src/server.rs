@@ -1,17 +1,32 @@
-//! The HTTP server both services run: common layers around a service's routes, and a
+//! The HTTP server both services run: two listeners (the public port and the admin port),
+//! the common layers around each router, the bounds on what one client can hold, and a
 //! graceful shutdown that drains in-flight requests for a bounded time.
+//!
+//! The accept loop is written out here rather than left to `axum::serve`, because the
+//! bounds of DESIGN section 10 live at the connection level: a cap on open connections
+//! (a semaphore taken before each `accept`), a header read timeout and a header size limit
+//! (hyper's HTTP/1 connection settings). The request-level bounds (request timeout,
+//! requests in progress, body size) are layers of [`with_common_layers`].
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
@@ -21,14 +36,80 @@ use crate::Problem;
 use crate::metrics::{HttpMetrics, track_http};
 use crate::telemetry::request_span;
 
-/// Largest request body either service reads; larger ones get `413`.
+/// Largest request body either service reads by default; larger ones get `413`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Wraps a service's complete router (its routes, health, metrics) in the layers every
-/// service has, outermost first: request id, trace context (which the request span and
-/// outgoing calls read), the caller's deadline, request span and access log, panic guard, metrics, body limit.
-/// Unknown routes and methods answer problem documents.
-pub fn with_common_layers(router: Router, http_metrics: HttpMetrics) -> Router {
+/// Headers per request at most (hyper's default, named): more is answered `431`.
+pub const MAX_HEADERS: usize = 100;
+
+/// The admin listener's own caps: it serves a scraper and an operator, not the internet,
+/// and must stay reachable while the public port is saturated.
+pub const ADMIN_MAX_CONNECTIONS: usize = 32;
+pub const ADMIN_MAX_REQUESTS_IN_FLIGHT: usize = 16;
+
+/// `Retry-After` of a request refused because too many are in progress: they are short
+/// (bounded by the request timeout, usually milliseconds), so a second is plenty.
+const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Pause after a failed `accept` that is not the client's doing (out of file descriptors,
+/// say): retrying at once would spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// What one client can hold, for each listener of a service. Defaults are those of
+/// [`crate::config::CommonArgs`], where each has a knob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Time to send a request's headers; an idle keep-alive connection is closed after it.
+    pub header_read_timeout: Duration,
+    /// Time from the headers to the answer (`504` problem after it).
+    pub request_timeout: Duration,
+    /// Open connections at most; beyond it new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Requests in progress at most; beyond it `503` + `Retry-After` at once.
+    pub max_requests_in_flight: usize,
+    /// Largest request head, in bytes (hyper's read buffer; `431` beyond it).
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes (`413` beyond it; before reading when announced).
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after the shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_requests_in_flight: 512,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: MAX_BODY_BYTES,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerLimits {
+    /// The same timeouts and sizes, with the admin listener's own caps.
+    fn for_admin(self) -> Self {
+        Self {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            max_requests_in_flight: ADMIN_MAX_REQUESTS_IN_FLIGHT,
+            ..self
+        }
+    }
+}
+
+/// Wraps a router (a service's routes, or its admin routes) in the layers every service
+/// has, outermost first: request id, trace context (which the request span and outgoing
+/// calls read), the caller's deadline, request span and access log, panic guard, metrics,
+/// then the request bounds: request timeout, announced body size, requests in progress,
+/// body size as read. Unknown routes and methods answer problem documents.
+pub fn with_common_layers(
+    router: Router,
+    http_metrics: HttpMetrics,
+    limits: &ServerLimits,
+) -> Router {
     router
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -60,48 +141,144 @@ pub fn with_common_layers(router: Router, http_metrics: HttpMetrics) -> Router {
                     http_metrics,
                     track_http,
                 ))
-                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+                .layer(axum::middleware::from_fn_with_state(
+                    limits.request_timeout,
+                    time_limit,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    limits.max_body_bytes,
+                    refuse_announced_oversize,
+                ))
+                // Refused at once rather than queued: a queue here would only add its
+                // wait to a request whose caller has a deadline of its own.
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    Problem::unavailable(
+                        "overloaded",
+                        "too many requests in progress; try again shortly",
+                        OVERLOADED_RETRY_AFTER,
+                    )
+                }))
+                .load_shed()
+                // Global: `Router::layer` wraps each route on its own, and a plain
+                // concurrency limit would then be per route.
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    limits.max_requests_in_flight,
+                ))
+                // A body without `Content-Length` (chunked) is cut at the same size as
+                // it is read; the extractors answer that with a 413 problem.
+                .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
         )
 }
 
-/// A bound service, ready to run: its listener, its complete router, and the background
-/// tasks that live exactly as long as it serves. Each service's `Application::build`
-/// wires its own parts and returns one of these.
-pub struct Service {
+/// Bounds a request from its headers to its answer. The answer is `504`, not `503`: by
+/// then the request may have been applied (a write whose commit went through), and `503`
+/// promises it was not; nor `408`, which says the client was slow and invites clients to
+/// send the request again on their own.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(?limit, "request cut off by the request timeout");
+            Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request-timeout",
+                format!("no answer within {limit:?}; the request may have been applied"),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Refuses a request whose announced `Content-Length` is over the limit before a byte of
+/// its body is read: the client learns at once, and no memory is spent on it.
+async fn refuse_announced_oversize(
+    State(max_body_bytes): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    match announced {
+        Some(length) if length > max_body_bytes as u64 => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("the request body may be {max_body_bytes} bytes at most"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// A bound listener and the router it serves.
+pub struct Endpoint {
     listener: TcpListener,
     address: SocketAddr,
     router: Router,
-    shutdown_grace: Duration,
+}
+
+impl Endpoint {
+    pub fn new(listener: TcpListener, router: Router) -> std::io::Result<Self> {
+        let address = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            address,
+            router,
+        })
+    }
+}
+
+/// A bound service, ready to run: its public listener (the API, liveness, terse
+/// readiness), its admin listener (metrics, detailed health), and the background tasks
+/// that live exactly as long as it serves. Each service's `Application::build` wires its
+/// own parts and returns one of these.
+pub struct Service {
+    public: Endpoint,
+    admin: Endpoint,
+    limits: ServerLimits,
     background: Vec<JoinHandle<()>>,
 }
 
 impl Service {
     /// Binds `bind_addr` (port 0 picks a free port, for tests); the error names `BIND_ADDR`.
     pub async fn bind(bind_addr: SocketAddr) -> anyhow::Result<TcpListener> {
-        TcpListener::bind(bind_addr)
-            .await
-            .map_err(|err| anyhow::anyhow!("cannot listen on BIND_ADDR={bind_addr}: {err}"))
+        bind_named(bind_addr, "BIND_ADDR").await
     }
 
+    /// Binds the admin listener; the error names `ADMIN_BIND_ADDR`.
+    pub async fn bind_admin(admin_bind_addr: SocketAddr) -> anyhow::Result<TcpListener> {
+        bind_named(admin_bind_addr, "ADMIN_BIND_ADDR").await
+    }
+
+    /// Both routers get the common layers here, each with its own caps, and the same
+    /// request metrics.
     pub fn new(
-        listener: TcpListener,
-        router: Router,
-        shutdown_grace: Duration,
+        public: (TcpListener, Router),
+        admin: (TcpListener, Router),
+        http_metrics: HttpMetrics,
+        limits: ServerLimits,
         background: Vec<JoinHandle<()>>,
     ) -> std::io::Result<Self> {
-        let address = listener.local_addr()?;
+        let public_router = with_common_layers(public.1, http_metrics.clone(), &limits);
+        let admin_router = with_common_layers(admin.1, http_metrics, &limits.for_admin());
         Ok(Self {
-            listener,
-            address,
-            router,
-            shutdown_grace,
+            public: Endpoint::new(public.0, public_router)?,
+            admin: Endpoint::new(admin.0, admin_router)?,
+            limits,
             background,
         })
     }
 
-    /// The address actually bound (the real port when `BIND_ADDR` asked for port 0).
+    /// The public address actually bound (the real port when `BIND_ADDR` asked for port 0).
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.public.address
+    }
+
+    /// The admin address actually bound.
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin.address
     }
 
     /// Serves until SIGTERM or SIGINT, then drains in-flight requests.
@@ -109,57 +286,122 @@ impl Service {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` resolves (tests use this to stop a service they started),
-    /// then stops the background tasks.
+    /// Serves both listeners until `shutdown` resolves (tests use this to stop a service
+    /// they started), drains both for at most the grace period, then stops the background
+    /// tasks.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let result = serve(self.listener, self.router, shutdown, self.shutdown_grace).await;
+        let (stop, stopping) = watch::channel(());
+        let grace = self.limits.shutdown_grace;
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(
+                ?grace,
+                "shutting down: no new connections, draining in-flight requests"
+            );
+            let _ = stop.send(());
+        };
+        let public = serve(self.public, self.limits, stopping.clone());
+        let admin = serve(self.admin, self.limits.for_admin(), stopping);
+        tokio::join!(signal, public, admin);
+        tracing::info!("server stopped");
         for task in self.background {
             task.abort();
         }
-        result
+        Ok(())
     }
 }
 
-/// Serves `app` until `shutdown` resolves, then stops accepting and lets in-flight requests
-/// finish for at most `grace`; whatever is still running then is cut so the process exits.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()> {
-    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!(
-            ?grace,
-            "shutting down: no new connections, draining in-flight requests"
+async fn bind_named(addr: SocketAddr, variable: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {variable}={addr}: {err}"))
+}
+
+/// Accepts connections on `endpoint` until `stopping` changes, each served by hyper under
+/// `limits`; then stops accepting and lets open connections finish their requests for at
+/// most the grace period, and cuts whatever is left.
+async fn serve(endpoint: Endpoint, limits: ServerLimits, mut stopping: watch::Receiver<()>) {
+    let Endpoint {
+        listener,
+        address,
+        router,
+    } = endpoint;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(MAX_HEADERS);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    // Dropping the set aborts every connection still open: nothing outlives the server.
+    let mut connections = JoinSet::new();
+    loop {
+        // A slot first, then `accept`: beyond the cap, new connections wait in the
+        // kernel's listen backlog (as in mini-redis) instead of being refused, so a short
+        // burst is absorbed rather than turned into errors. A slot frees within the header
+        // read timeout at worst, since even an idle keep-alive connection is closed then.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            _ = stopping.changed() => break,
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(err) => {
+                    pause_after_accept_error(&err).await;
+                    continue;
+                }
+            },
+            _ = stopping.changed() => break,
+        };
+        while connections.try_join_next().is_some() {}
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
         );
-        let _ = draining_tx.send(());
-    };
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .into_future();
-    let grace_expired = async move {
-        match draining_rx.await {
-            Ok(()) => tokio::time::sleep(grace).await,
-            // The server ended without a shutdown signal: nothing to time.
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        result = server => {
-            tracing::info!("server stopped");
-            result
-        }
-        () = grace_expired => {
-            tracing::warn!(?grace, "requests still in flight after the grace period; stopping anyway");
-            Ok(())
-        }
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            // A client that times out or hangs up ends here; nothing to tell anyone.
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            drop(slot);
+        });
     }
+    // No new connections from here on: the socket is closed, clients are refused.
+    drop(listener);
+    let grace = limits.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            %address,
+            ?grace,
+            "requests still in flight after the grace period; stopping anyway"
+        );
+    }
+}
+
+/// Errors of one connection (reset before it was accepted) are the client's: go on at
+/// once. Others (no file descriptors left) would repeat at once: pause first.
+async fn pause_after_accept_error(err: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %err, "accepting a connection failed");
+    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
 }
 
 /// Resolves on SIGTERM (what `docker stop` sends) or SIGINT (Ctrl-C).
@@ -235,7 +477,11 @@ mod tests {
                 "done"
             }),
         );
-        let app = with_common_layers(routes, HttpMetrics::register(&mut Registry::default()));
+        let app = with_common_layers(
+            routes,
+            HttpMetrics::register(&mut Registry::default()),
+            &ServerLimits::default(),
+        );
         let response = app
             .oneshot(Request::get("/work").body(Body::empty()).unwrap())
             .await
@@ -269,6 +515,113 @@ mod tests {
         );
     }
 
+    fn request_for(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    async fn problem_of(response: axum::response::Response) -> serde_json::Value {
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_in_flight_cap_are_refused_at_once_on_every_route() {
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let entered = Arc::new(Mutex::new(Some(entered_tx)));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let held = Arc::clone(&release);
+        let routes = Router::new()
+            .route(
+                "/slow",
+                get(move || async move {
+                    if let Some(tx) = entered.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                    held.notified().await;
+                    "slow"
+                }),
+            )
+            .route("/other", get(|| async { "other" }));
+        let limits = ServerLimits {
+            max_requests_in_flight: 1,
+            ..ServerLimits::default()
+        };
+        let app = with_common_layers(
+            routes,
+            HttpMetrics::register(&mut Registry::default()),
+            &limits,
+        );
+        let slow = tokio::spawn(app.clone().oneshot(request_for("/slow")));
+        entered_rx.await.unwrap();
+
+        // Another route, so the cap is the service's, not one route's.
+        let refused = app.clone().oneshot(request_for("/other")).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        assert_eq!(problem_of(refused).await["status"], 503);
+
+        release.notify_one();
+        assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
+        let admitted = app.oneshot(request_for("/other")).await.unwrap();
+        assert_eq!(admitted.status(), StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_over_the_request_timeout_is_answered_504() {
+        let routes = Router::new().route(
+            "/hangs",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "late"
+            }),
+        );
+        let limits = ServerLimits {
+            request_timeout: Duration::from_millis(200),
+            ..ServerLimits::default()
+        };
+        let app = with_common_layers(
+            routes,
+            HttpMetrics::register(&mut Registry::default()),
+            &limits,
+        );
+        let started = tokio::time::Instant::now();
+        let response = app.oneshot(request_for("/hangs")).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(problem_of(response).await["status"], 504);
+    }
+
+    #[tokio::test]
+    async fn an_announced_body_over_the_limit_is_refused_without_reading_it() {
+        let routes = Router::new().route(
+            "/books",
+            axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        );
+        let app = with_common_layers(
+            routes,
+            HttpMetrics::register(&mut Registry::default()),
+            &ServerLimits::default(),
+        );
+        // The body never ends: were it read, the request would hang.
+        let never_ends = Body::from_stream(futures::stream::pending::<
+            Result<axum::body::Bytes, std::io::Error>,
+        >());
+        let request = Request::post("/books")
+            .header("content-length", (5 * 1024 * 1024).to_string())
+            .body(never_ends)
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(1), app.oneshot(request))
+            .await
+            .expect("answered without reading the body")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(problem_of(response).await["status"], 413);
+    }
+
     /// A route that logs, and answers with the trace id it sees in its request's
     /// extensions and as the current trace context, separated by a space.
     fn trace_echo_app() -> Router {
@@ -282,7 +635,11 @@ mod tests {
                 },
             ),
         );
-        with_common_layers(routes, HttpMetrics::register(&mut Registry::default()))
+        with_common_layers(
+            routes,
+            HttpMetrics::register(&mut Registry::default()),
+            &ServerLimits::default(),
+        )
     }
 
     /// Sends `request` through `trace_echo_app` and returns the trace ids the handler saw and

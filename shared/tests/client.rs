@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use shared::client::{ClientError, ConfigError, ServiceClient, ServiceClientConfig, TokenError};
 use shared::metrics::HttpMetrics;
-use shared::server::with_common_layers;
+use shared::server::{ServerLimits, with_common_layers};
 use shared::trace_context::TraceParent;
 
 /// Serves `app` on a free local port; returns its base URL.
@@ -182,6 +182,7 @@ async fn spawn_relay(client: ServiceClient) -> String {
     spawn(with_common_layers(
         routes,
         HttpMetrics::register(&mut Registry::default()),
+        &ServerLimits::default(),
     ))
     .await
 }

@@ -13,12 +13,16 @@ use sqlx::postgres::PgConnectOptions;
     name = "storagesvc",
     version,
     about = "Serves books from PostgreSQL; fails fast with 503 + Retry-After while the database is down.",
-    after_help = "`storagesvc healthcheck` asks the instance running on this host (port of BIND_ADDR) for readiness and exits 0 when it is ready: the container health check."
+    after_help = "`storagesvc healthcheck` asks the instance running on this host (port of ADMIN_BIND_ADDR) for readiness and exits 0 when it is ready: the container health check."
 )]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8082")]
     pub bind_addr: SocketAddr,
+
+    /// Address of the admin listener: /metrics and detailed health. Never publish it.
+    #[arg(long, env = "ADMIN_BIND_ADDR", default_value = "0.0.0.0:9082")]
+    pub admin_bind_addr: SocketAddr,
 
     /// PostgreSQL URL, e.g. postgres://user:password@database:5432/books.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
@@ -57,8 +61,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// The port of the default `BIND_ADDR`, where `healthcheck` looks when it is unset.
-    pub const DEFAULT_PORT: u16 = 8082;
+    /// The port of the default `ADMIN_BIND_ADDR`, where `healthcheck` looks when it is
+    /// unset.
+    pub const DEFAULT_ADMIN_PORT: u16 = 9082;
 }
 
 fn parse_database_url(value: &str) -> Result<PgConnectOptions, String> {

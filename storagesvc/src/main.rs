@@ -6,7 +6,7 @@ use storagesvc::{Application, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     if shared::healthcheck::requested() {
-        return Ok(shared::healthcheck::run(Config::DEFAULT_PORT).await);
+        return Ok(shared::healthcheck::run(Config::DEFAULT_ADMIN_PORT).await);
     }
     let config = Config::parse();
     shared::telemetry::init(config.common.log_format)?;

@@ -10,7 +10,7 @@ use serde_json::json;
 use shared::auth::{Credentials, require_credentials};
 use shared::health::{CheckOutcome, Health, HealthCheck};
 use shared::metrics::HttpMetrics;
-use shared::server::{Service, with_common_layers};
+use shared::server::Service;
 
 use crate::config::Config;
 use crate::db::Database;
@@ -22,6 +22,7 @@ pub struct Application;
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Service> {
         let listener = Service::bind(config.bind_addr).await?;
+        let admin_listener = Service::bind_admin(config.admin_bind_addr).await?;
 
         let mut registry = Registry::default();
         let http_metrics = HttpMetrics::register(&mut registry);
@@ -48,20 +49,23 @@ impl Application {
         let health = Health::builder()
             .critical("database", DatabaseCheck(db))
             .build();
-        let router = with_common_layers(
-            books
-                .merge(health.routes())
-                .merge(shared::metrics::routes(Arc::new(registry))),
-            http_metrics,
-        );
+        let public = books.merge(health.clone().public_routes());
+        let admin = health
+            .admin_routes()
+            .merge(shared::metrics::routes(Arc::new(registry)));
 
         let service = Service::new(
-            listener,
-            router,
-            config.common.shutdown_grace,
+            (listener, public),
+            (admin_listener, admin),
+            http_metrics,
+            config.common.server_limits(),
             vec![watcher],
         )?;
-        tracing::info!(address = %service.address(), "storagesvc listening");
+        tracing::info!(
+            address = %service.address(),
+            admin_address = %service.admin_address(),
+            "storagesvc listening"
+        );
         Ok(service)
     }
 }

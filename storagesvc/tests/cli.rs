@@ -14,6 +14,13 @@ async fn help_lists_every_variable_with_its_default() {
     let help = String::from_utf8(output.stdout).unwrap();
     for (variable, default) in [
         ("BIND_ADDR", Some("0.0.0.0:8082")),
+        ("ADMIN_BIND_ADDR", Some("0.0.0.0:9082")),
+        ("HEADER_READ_TIMEOUT", Some("10s")),
+        ("REQUEST_TIMEOUT", Some("10s")),
+        ("MAX_CONNECTIONS", Some("1024")),
+        ("MAX_REQUESTS_IN_FLIGHT", Some("512")),
+        ("MAX_HEADER_BYTES", Some("16384")),
+        ("MAX_BODY_BYTES", Some("65536")),
         ("DATABASE_URL", None),
         ("DB_ACQUIRE_TIMEOUT", Some("500ms")),
         ("DB_QUERY_TIMEOUT", Some("500ms")),
@@ -44,10 +51,14 @@ async fn invalid_values_stop_startup_naming_the_variable() {
         ("BIND_ADDR", "not-an-address"),
         ("LOG_FORMAT", "xml"),
         ("DB_MAX_CONNECTIONS", "0"),
+        ("ADMIN_BIND_ADDR", "not-an-address"),
+        ("DB_QUERY_TIMEOUT", "1000000y"),
+        ("SHUTDOWN_GRACE", "18446744073709551615s"),
     ] {
         let output = run(Command::new(env!("CARGO_BIN_EXE_storagesvc"))
             .env_clear()
             .env("BIND_ADDR", "127.0.0.1:0")
+            .env("ADMIN_BIND_ADDR", "127.0.0.1:0")
             .env("DATABASE_URL", "postgres://u:p@127.0.0.1:1/db")
             .env(variable, value))
         .await;

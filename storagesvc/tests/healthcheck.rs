@@ -9,11 +9,12 @@ use system_tests::containers::{Faults, Postgres, free_port};
 use system_tests::poll::eventually;
 use system_tests::storagesvc::TOKEN;
 
-async fn healthcheck(port: u16) -> Output {
+/// `storagesvc healthcheck` with the environment of the container: it asks the admin port.
+async fn healthcheck(admin_port: u16) -> Output {
     let check = tokio::process::Command::new(env!("CARGO_BIN_EXE_storagesvc"))
         .arg("healthcheck")
         .env_clear()
-        .env("BIND_ADDR", format!("0.0.0.0:{port}"))
+        .env("ADMIN_BIND_ADDR", format!("0.0.0.0:{admin_port}"))
         .output();
     tokio::time::timeout(Duration::from_secs(5), check)
         .await
@@ -32,7 +33,8 @@ fn text(output: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_passes_only_while_the_instance_is_ready() {
     let port = free_port();
-    let nothing_there = healthcheck(port).await;
+    let admin_port = free_port();
+    let nothing_there = healthcheck(admin_port).await;
     assert!(!nothing_there.status.success());
     assert!(
         text(&nothing_there).contains("did not answer"),
@@ -43,6 +45,7 @@ async fn healthcheck_passes_only_while_the_instance_is_ready() {
     let db = Postgres::start().await;
     let _service = tokio::process::Command::new(env!("CARGO_BIN_EXE_storagesvc"))
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_BIND_ADDR", format!("127.0.0.1:{admin_port}"))
         .env("DATABASE_URL", db.url())
         .env("AUTH_TOKENS", TOKEN)
         .stdout(Stdio::null())
@@ -51,7 +54,7 @@ async fn healthcheck_passes_only_while_the_instance_is_ready() {
         .spawn()
         .unwrap();
     let ready = eventually(Duration::from_secs(30), "healthcheck exits 0", || async {
-        let output = healthcheck(port).await;
+        let output = healthcheck(admin_port).await;
         output.status.success().then_some(output)
     })
     .await;
@@ -62,7 +65,7 @@ async fn healthcheck_passes_only_while_the_instance_is_ready() {
         Duration::from_secs(10),
         "healthcheck fails with the database stopped",
         || async {
-            let output = healthcheck(port).await;
+            let output = healthcheck(admin_port).await;
             (!output.status.success()).then_some(output)
         },
     )

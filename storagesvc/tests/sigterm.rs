@@ -14,8 +14,10 @@ use system_tests::storagesvc::TOKEN;
 async fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
     let db = Postgres::start().await;
     let port = free_port();
+    let admin_port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_storagesvc"))
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_BIND_ADDR", format!("127.0.0.1:{admin_port}"))
         .env("DATABASE_URL", db.url())
         .env("AUTH_TOKENS", TOKEN)
         // Long enough that the request below is still waiting for its connection when
@@ -30,6 +32,7 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
         .unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
     eventually(
         Duration::from_secs(30),
         "the storagesvc process is ready",
@@ -60,7 +63,7 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
         "the request is in flight in storagesvc",
         || async {
             let metrics = http
-                .get(format!("{base}/metrics"))
+                .get(format!("{admin}/metrics"))
                 .send()
                 .await
                 .ok()?

@@ -18,6 +18,8 @@ pub const WRITER_TOKEN: &str = "test-writer-token";
 /// A running booksvc. Dropping it stops the server.
 pub struct TestBooksvc {
     pub address: SocketAddr,
+    /// The admin listener: `/metrics` and detailed health.
+    pub admin_address: SocketAddr,
     pub http: reqwest::Client,
     server: RunningServer,
 }
@@ -43,6 +45,8 @@ impl TestBooksvc {
             "booksvc",
             "--bind-addr",
             "127.0.0.1:0",
+            "--admin-bind-addr",
+            "127.0.0.1:0",
             "--redis-url",
             redis_url,
         ];
@@ -55,9 +59,11 @@ impl TestBooksvc {
             .await
             .expect("build booksvc");
         let address = app.address();
+        let admin_address = app.admin_address();
         let server = RunningServer::spawn(address, |shutdown| app.run_until(shutdown));
         Self {
             address,
+            admin_address,
             http: test_http_client(),
             server,
         }
@@ -72,6 +78,11 @@ impl TestBooksvc {
         self.http
             .request(method, self.url(path))
             .bearer_auth(WRITER_TOKEN)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_address)
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -91,18 +102,35 @@ impl TestBooksvc {
             .to_owned()
     }
 
-    /// Readiness: its status and its body (the state of each dependency).
+    /// Detailed readiness, from the admin listener: its status and its body (the state of
+    /// each dependency).
     pub async fn readiness(&self) -> (StatusCode, serde_json::Value) {
-        let response = self.get("/.well-known/health").await;
+        let response = self
+            .http
+            .get(self.admin_url("/.well-known/health"))
+            .send()
+            .await
+            .expect("admin health answers");
         let status = response.status();
         (status, response.json().await.unwrap())
+    }
+
+    /// booksvc's `/metrics` page, from the admin listener.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("admin /metrics answers")
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The value of one series in booksvc's `/metrics`, e.g.
     /// `breaker_transitions_total{from="closed",to="open"}`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let metrics = self.get("/metrics").await.text().await.unwrap();
-        metric_value(&metrics, series)
+        metric_value(&self.metrics().await, series)
     }
 
     pub async fn stop(self) {

@@ -15,6 +15,8 @@ pub const TOKEN: &str = "test-service-token";
 /// A running storagesvc. Dropping it stops the server.
 pub struct TestStoragesvc {
     pub address: SocketAddr,
+    /// The admin listener: `/metrics` and detailed health.
+    pub admin_address: SocketAddr,
     pub http: reqwest::Client,
     server: RunningServer,
 }
@@ -36,6 +38,8 @@ impl TestStoragesvc {
             "storagesvc",
             "--bind-addr",
             "127.0.0.1:0",
+            "--admin-bind-addr",
+            "127.0.0.1:0",
             "--database-url",
             database_url,
         ];
@@ -45,9 +49,11 @@ impl TestStoragesvc {
             .await
             .expect("build storagesvc");
         let address = app.address();
+        let admin_address = app.admin_address();
         let server = RunningServer::spawn(address, |shutdown| app.run_until(shutdown));
         Self {
             address,
+            admin_address,
             http: test_http_client(),
             server,
         }
@@ -62,6 +68,28 @@ impl TestStoragesvc {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_address)
+    }
+
+    /// storagesvc's `/metrics` page, from the admin listener.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("admin /metrics answers")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one series in storagesvc's `/metrics`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        crate::metric_value(&self.metrics().await, series)
     }
 
     /// A request carrying the service credential.
@@ -88,9 +116,10 @@ impl TestStoragesvc {
         request.send().await.expect("POST reaches storagesvc")
     }
 
+    /// The status of detailed readiness, from the admin listener.
     pub async fn readiness(&self) -> StatusCode {
         self.http
-            .get(self.url("/.well-known/health"))
+            .get(self.admin_url("/.well-known/health"))
             .send()
             .await
             .expect("health answers")

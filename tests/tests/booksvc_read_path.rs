@@ -194,7 +194,7 @@ async fn serves_last_good_list_when_database_is_stopped_and_recovers_when_it_ret
     );
 
     // The metrics tell the same story.
-    let metrics = stack.booksvc.get("/metrics").await.text().await.unwrap();
+    let metrics = stack.booksvc.metrics().await;
     let value = |series: &str| metric_value(&metrics, series);
     assert_eq!(
         value(r#"breaker_transitions_total{from="closed",to="open"}"#),
@@ -296,16 +296,7 @@ async fn a_hundred_concurrent_identical_cold_reads_make_one_upstream_call() {
         "all got the same body"
     );
 
-    let metrics = stack
-        .storagesvc
-        .http
-        .get(stack.storagesvc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.storagesvc.metrics().await;
     let list_calls = metric_value(
         &metrics,
         r#"http_server_requests_total{method="GET",route="/books",status="200"}"#,
@@ -351,8 +342,9 @@ async fn while_the_breaker_is_not_closed_only_the_probe_waits_for_storagesvc() {
     assert_serves_stale_through_the_fault(booksvc, &fresh_body).await;
 
     let attempts = || async {
-        let metrics = booksvc.get("/metrics").await.text().await.unwrap();
-        metrics
+        booksvc
+            .metrics()
+            .await
             .lines()
             .filter(|line| line.starts_with("upstream_attempts_total{"))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

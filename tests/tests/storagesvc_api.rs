@@ -486,13 +486,20 @@ async fn books_need_credentials_but_health_and_metrics_do_not() {
         .unwrap();
     assert_eq!(api_key.status(), StatusCode::OK);
 
-    for open in ["/.well-known/alive", "/.well-known/health", "/metrics"] {
+    for open in ["/.well-known/alive", "/.well-known/health"] {
         assert_eq!(
             anonymous(open).await.unwrap().status(),
             StatusCode::OK,
             "{open}"
         );
     }
+    let metrics = app
+        .http
+        .get(app.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK, "admin /metrics");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -548,7 +555,12 @@ async fn metrics_count_requests_by_route_and_status_and_report_the_database() {
         StatusCode::NOT_FOUND
     );
 
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let metrics = app
+        .http
+        .get(app.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
     assert!(
         metrics.headers()["content-type"]

@@ -53,7 +53,7 @@ async fn stopped_database_gives_fast_503_and_service_recovers_without_restart() 
     assert_eq!(app.readiness().await, StatusCode::SERVICE_UNAVAILABLE);
     let health: Value = app
         .http
-        .get(app.url("/.well-known/health"))
+        .get(app.admin_url("/.well-known/health"))
         .send()
         .await
         .unwrap()
@@ -65,15 +65,7 @@ async fn stopped_database_gives_fast_503_and_service_recovers_without_restart() 
         Duration::from_secs(5),
         "database_up 0 in /metrics",
         || async {
-            let text = app
-                .http
-                .get(app.url("/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = app.metrics().await;
             text.lines().any(|l| l == "database_up 0").then_some(())
         },
     )

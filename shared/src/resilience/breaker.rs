@@ -47,7 +47,7 @@ impl Default for BreakerConfig {
             window: Duration::from_secs(10),
             open_base: Duration::from_secs(1),
             open_max: Duration::from_secs(30),
-            retry_after_cap: Duration::from_secs(60),
+            retry_after_cap: super::LONGEST_RETRY_AFTER,
         }
     }
 }
@@ -291,7 +291,7 @@ impl CircuitBreaker {
         inner.consecutive_failures = 0;
         inner.calls.clear();
         inner.state = State::Open {
-            until: Instant::now() + delay,
+            until: super::instant_after(Instant::now(), delay),
         };
     }
 

@@ -221,7 +221,7 @@ impl Resilience {
         F: Fn(Duration) -> Fut,
         Fut: Future<Output = Attempted<T>>,
     {
-        let deadline = Instant::now() + self.limits.deadline;
+        let deadline = super::instant_after(Instant::now(), self.limits.deadline);
         // Atomic rather than a `Cell` so the call stays `Send` (it is awaited in handlers).
         let attempts = AtomicUsize::new(0);
         self.budget.record_request();
@@ -278,7 +278,9 @@ impl Resilience {
         if self.breaker.state() == BreakerState::Open {
             return RetryDecision::Refused(RetryRefusal::BreakerOpen);
         }
-        if Instant::now() + delay + self.limits.attempt_timeout > deadline {
+        // Compared as durations, never summed onto the clock: `delay` is the upstream's.
+        let time_left = deadline.saturating_duration_since(Instant::now());
+        if delay.saturating_add(self.limits.attempt_timeout) > time_left {
             return RetryDecision::Refused(RetryRefusal::Deadline);
         }
         // Asked last: a refused retry for another reason does not spend the budget.
@@ -498,6 +500,62 @@ mod tests {
             started.elapsed(),
             Duration::ZERO,
             "gave up at once instead of waiting"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_of_any_size_ends_the_call_at_once_without_panicking() {
+        for huge in [Duration::MAX, Duration::from_secs(u64::MAX)] {
+            let upstream = Upstream::new(&[(
+                0,
+                Throttled {
+                    retry_after: Some(huge),
+                },
+            )]);
+            let resilience = Resilience {
+                breaker: CircuitBreaker::new(BreakerConfig {
+                    consecutive_failures: 1,
+                    ..Default::default()
+                }),
+                ..resilience()
+            };
+            let started = Instant::now();
+            assert!(matches!(
+                run(&resilience, &upstream).await,
+                Err(CallError::Failed { attempts: 1, .. })
+            ));
+            assert_eq!(started.elapsed(), Duration::ZERO);
+            // The breaker it opened stays open no longer than the cap.
+            assert_eq!(resilience.breaker.state(), BreakerState::Open);
+            tokio::time::advance(crate::resilience::LONGEST_RETRY_AFTER).await;
+            assert!(resilience.breaker.try_acquire().is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_configured_deadline_of_any_size_does_not_panic() {
+        let resilience = Resilience {
+            limits: CallLimits {
+                deadline: Duration::MAX,
+                attempt_timeout: ms(500),
+            },
+            ..resilience()
+        };
+        let upstream = Upstream::new(&[(0, ServerError), (0, Success)]);
+        assert_eq!(run(&resilience, &upstream).await.unwrap(), "success");
+        assert_eq!(upstream.starts().len(), 2, "the retry fits in the deadline");
+
+        let unbounded_attempts = Resilience {
+            limits: CallLimits {
+                deadline: Duration::MAX,
+                attempt_timeout: Duration::MAX,
+            },
+            ..resilience
+        };
+        let upstream = Upstream::new(&[(10, Success)]);
+        assert_eq!(
+            run(&unbounded_attempts, &upstream).await.unwrap(),
+            "success"
         );
     }
 

@@ -21,4 +21,39 @@ pub use call::{
     RetryRefusal,
 };
 pub use outcome::{AttemptOutcome, BreakerVerdict};
-pub use retry_after::parse_retry_after;
+pub use retry_after::{LONGEST_RETRY_AFTER, parse_retry_after};
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The longest wait any policy puts on a clock. Delays are capped where they enter
+/// (`Retry-After`, configuration); this is the last guard, where they meet the clock.
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `now + delay`, which cannot panic: `Instant + Duration` does on overflow, so a delay
+/// beyond [`LONGEST_WAIT`] is read as that. A year from any real clock's "now" fits; were
+/// the sum still out of range, `now` is the answer (the wait ends at once) rather than a
+/// panic.
+pub(crate) fn instant_after(now: Instant, delay: Duration) -> Instant {
+    now.checked_add(delay.min(LONGEST_WAIT)).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_of_any_size_meets_the_clock_without_panicking() {
+        let now = Instant::now();
+        assert_eq!(
+            instant_after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert_eq!(instant_after(now, Duration::MAX), now + LONGEST_WAIT);
+        assert_eq!(
+            instant_after(now, Duration::from_secs(u64::MAX)),
+            now + LONGEST_WAIT
+        );
+    }
+}
