@@ -8,6 +8,11 @@ use std::time::Duration;
 use clap::Parser;
 use shared::config::{CommonArgs, parse_duration};
 
+/// Default of `CACHE_MAX_BODY_BYTES`. A page of 1000 books of ordinary length (a few hundred
+/// bytes each) fits several times over; a page of books near storagesvc's field limits
+/// (about 17 KiB each) does not, and a deployment with such books raises the cap.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "booksvc",
@@ -73,6 +78,11 @@ pub struct Config {
     #[arg(long, env = "CACHE_MEMORY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub cache_memory_bytes: u64,
 
+    /// Largest answer of storagesvc accepted and stored, in bytes; a larger one is an
+    /// upstream failure.
+    #[arg(long, env = "CACHE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = parse_body_cap)]
+    pub cache_max_body_bytes: usize,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -89,6 +99,16 @@ fn parse_positive_duration(value: &str) -> Result<Duration, String> {
     match parse_duration(value)? {
         Duration::ZERO => Err("must be longer than zero".to_owned()),
         duration => Ok(duration),
+    }
+}
+
+/// A body cap: at least 2 bytes (the smallest JSON list, `[]`).
+fn parse_body_cap(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(bytes) if bytes >= 2 => Ok(bytes),
+        _ => Err(format!(
+            "expected a number of bytes of at least 2, got '{value}'"
+        )),
     }
 }
 

@@ -79,7 +79,12 @@ impl Application {
             env!("CARGO_PKG_NAME"),
             env!("CARGO_PKG_VERSION"),
         )?;
-        let upstream = Upstream::new(client, resilience, &mut registry);
+        let upstream = Upstream::new(
+            client,
+            resilience,
+            config.cache_max_body_bytes,
+            &mut registry,
+        );
         let store = LastGoodStore::new(
             LastGoodConfig {
                 redis_url: config.redis_url.clone(),
