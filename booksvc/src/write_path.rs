@@ -9,6 +9,9 @@
 //!
 //! Whatever storagesvc answers (201, 404, 422, its own 503 + `Retry-After`) is passed on as
 //! it came. Only when there is no answer does booksvc write the problem itself.
+//!
+//! The upstream target is built from the parsed request (`request::WriteTarget`), never
+//! from the raw path.
 
 use std::time::Duration;
 
@@ -22,6 +25,7 @@ use shared::resilience::{AttemptOutcome, CallError};
 
 use crate::cache_status;
 use crate::read_path::forwarded;
+use crate::request::WriteTarget;
 use crate::upstream::{AttemptValue, Retries, Upstream, UpstreamRequest};
 
 /// The caller's key that makes a write safe to retry (forwarded to storagesvc as is).
@@ -41,6 +45,10 @@ pub async fn write(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
+    let target = match WriteTarget::from_uri(&uri) {
+        Ok(target) => target,
+        Err(invalid) => return invalid.into_response(),
+    };
     let mut passed_on = HeaderMap::new();
     for name in PASSED_ON {
         if let Some(value) = headers.get(&name) {
@@ -54,10 +62,7 @@ pub async fn write(
     };
     let request = UpstreamRequest {
         method,
-        path_and_query: uri
-            .path_and_query()
-            .map_or(uri.path(), |target| target.as_str())
-            .to_owned(),
+        path_and_query: target.upstream_target(),
         headers: passed_on,
         body: (!body.is_empty()).then_some(body),
     };

@@ -192,6 +192,30 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.host_port)
     }
+
+    /// A connection, for a test to look into or tamper with Redis.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test Redis")
+    }
+
+    /// The keys matching `pattern`, counted with `SCAN` (never `KEYS`).
+    pub async fn count_keys(&self, pattern: &str) -> usize {
+        let mut redis = self.connection().await;
+        let mut keys: redis::AsyncIter<String> =
+            redis::AsyncCommands::scan_match(&mut redis, pattern)
+                .await
+                .unwrap();
+        let mut count = 0;
+        while let Some(key) = keys.next_item().await {
+            key.unwrap();
+            count += 1;
+        }
+        count
+    }
 }
 
 impl Faults for Redis {
