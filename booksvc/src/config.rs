@@ -83,6 +83,11 @@ pub struct Config {
     #[arg(long, env = "CACHE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = parse_body_cap)]
     pub cache_max_body_bytes: usize,
 
+    /// Key that signs the answers booksvc writes to Redis (at least 16 bytes; the same on
+    /// every replica). Unset: a random key per process, so replicas serve only their own.
+    #[arg(long, env = "CACHE_SIGNING_KEY", hide_env_values = true)]
+    pub cache_signing_key: Option<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

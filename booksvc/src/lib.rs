@@ -18,4 +18,4 @@ mod upstream;
 mod write_path;
 
 pub use config::Config;
-pub use startup::Application;
+pub use startup::{Application, LAST_GOOD_PREFIX};

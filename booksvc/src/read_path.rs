@@ -86,6 +86,9 @@ pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
     let store = path.store.clone();
     let stored_key = key.clone();
     let call = async move {
+        // Read before the fetch: if a write invalidates the store meanwhile, this answer
+        // may predate it and is not kept.
+        let generation = store.generation();
         let result = upstream.get(&upstream_target).await;
         if let Ok(Ok(response)) = &result
             && response.status.is_success()
@@ -94,6 +97,7 @@ pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
                 body: response.body.clone(),
                 content_type: content_type_text(response),
                 fetched_at: SystemTime::now(),
+                generation,
             };
             store.remember(stored_key, stored).await;
         }

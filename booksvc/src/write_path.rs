@@ -11,7 +11,8 @@
 //! it came. Only when there is no answer does booksvc write the problem itself.
 //!
 //! The upstream target is built from the parsed request (`request::WriteTarget`), never
-//! from the raw path.
+//! from the raw path. A success invalidates the last-good store on every replica before
+//! the answer goes out, so no later stale answer shows the book as it was.
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use shared::extract::Body;
 use shared::resilience::{AttemptOutcome, CallError};
 
 use crate::cache_status;
+use crate::last_good::LastGoodStore;
 use crate::read_path::forwarded;
 use crate::request::WriteTarget;
 use crate::upstream::{AttemptValue, Retries, Upstream, UpstreamRequest};
@@ -40,6 +42,7 @@ const UNREACHABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// `POST /books`, `PUT /books/{id}`, `DELETE /books/{id}`.
 pub async fn write(
     State(upstream): State<Upstream>,
+    State(store): State<LastGoodStore>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -66,13 +69,37 @@ pub async fn write(
         headers: passed_on,
         body: (!body.is_empty()).then_some(body),
     };
-    match upstream.send(&request, retries).await {
+    let result = upstream.send(&request, retries).await;
+    if may_have_been_applied(&result) {
+        // The write changed (or may have changed) a book, and so every list: nothing
+        // stored before it may be served again.
+        store.invalidate().await;
+    }
+    match result {
         Ok(Ok(response)) => forwarded(response, cache_status::forwarded_uncacheable()),
         Ok(Err(reason)) => {
             tracing::error!(%reason, "storagesvc cannot be asked");
             Problem::new(StatusCode::BAD_GATEWAY, "upstream-misconfigured", reason).into_response()
         }
         Err(failure) => failed(&request, retries, failure),
+    }
+}
+
+/// Whether storagesvc may have applied the write: a 2xx, and any failure after the request
+/// may have reached it, except the answers that say it was not (a 4xx, storagesvc's 503).
+/// When in doubt the store is invalidated: that costs only stale answers, never a wrong one.
+fn may_have_been_applied(result: &Result<AttemptValue, CallError<AttemptValue>>) -> bool {
+    match result {
+        Ok(Ok(response)) => response.status.is_success(),
+        Ok(Err(_)) | Err(CallError::BreakerOpen(_)) => false,
+        Err(CallError::Failed {
+            last: Some(Ok(response)),
+            ..
+        }) => {
+            !(response.status.is_client_error()
+                || response.status == StatusCode::SERVICE_UNAVAILABLE)
+        }
+        Err(CallError::Failed { .. }) => true,
     }
 }
 

@@ -156,8 +156,8 @@ async fn hostile_paths_and_queries_never_reach_another_storagesvc_route_and_alia
     }
 
     // One Redis key per canonical request, however many aliases asked for it.
-    let pattern = "booksvc:v1:GET *";
-    let stored = || redis.count_keys(pattern);
+    let pattern = format!("{}GET *", booksvc::LAST_GOOD_PREFIX);
+    let stored = || redis.count_keys(&pattern);
     eventually(Duration::from_secs(5), "three keys in Redis", || async {
         (stored().await >= ALIASES.len()).then_some(())
     })
