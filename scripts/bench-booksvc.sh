@@ -644,7 +644,7 @@ measure_happy_path() {
 # that the answer it gives then is the stored one, marked stale.
 open_breaker() {
 	local keys
-	keys=$(redis_cli --scan --pattern 'booksvc:v1:*' | awk 'END { print NR }')
+	keys=$(redis_cli --scan --pattern 'booksvc:v2:GET *' | awk 'END { print NR }')
 	((keys > 0)) || die "booksvc stored nothing in Redis during the happy path"
 	log "last good answers stored in Redis: $keys key(s)"
 

@@ -139,7 +139,7 @@ mod tests {
     async fn concurrent_identical_calls_share_one() {
         let coalescer = Arc::new(Coalescer::new());
         let calls = Arc::new(AtomicUsize::new(0));
-        let key = CacheKey::new("GET", "/books", None);
+        let key = CacheKey::new("GET", "/books");
         let results = futures::future::join_all(
             (0..100).map(|n| coalescer.run(&key, counted_call(&calls, n))),
         )
@@ -155,7 +155,7 @@ mod tests {
     async fn a_running_call_is_joined_only_when_allowed_and_a_declined_call_comes_back_unstarted() {
         let coalescer = Arc::new(Coalescer::new());
         let calls = Arc::new(AtomicUsize::new(0));
-        let key = CacheKey::new("GET", "/books", None);
+        let key = CacheKey::new("GET", "/books");
         let first = coalescer.run(&key, counted_call(&calls, 1));
         let declined = async {
             // Let the first call start, then ask while it runs.
@@ -191,7 +191,7 @@ mod tests {
     async fn a_finished_call_is_not_reused() {
         let coalescer = Arc::new(Coalescer::new());
         let calls = Arc::new(AtomicUsize::new(0));
-        let key = CacheKey::new("GET", "/books", None);
+        let key = CacheKey::new("GET", "/books");
         assert_eq!(coalescer.run(&key, counted_call(&calls, 1)).await, 1);
         assert_eq!(coalescer.run(&key, counted_call(&calls, 2)).await, 2);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -202,8 +202,8 @@ mod tests {
         let coalescer = Arc::new(Coalescer::new());
         let calls = Arc::new(AtomicUsize::new(0));
         let (a, b) = (
-            CacheKey::new("GET", "/books/1", None),
-            CacheKey::new("GET", "/books/2", None),
+            CacheKey::new("GET", "/books/1"),
+            CacheKey::new("GET", "/books/2"),
         );
         let (x, y) = tokio::join!(
             coalescer.run(&a, counted_call(&calls, 1)),
@@ -216,7 +216,7 @@ mod tests {
     async fn a_call_abandoned_by_its_waiter_leaves_no_entry() {
         let coalescer = Arc::new(Coalescer::new());
         let calls = Arc::new(AtomicUsize::new(0));
-        let key = CacheKey::new("GET", "/books", None);
+        let key = CacheKey::new("GET", "/books");
         let abandoned = tokio::time::timeout(
             Duration::from_millis(10),
             coalescer.run(&key, counted_call(&calls, 1)),

@@ -8,6 +8,11 @@ use std::time::Duration;
 use clap::Parser;
 use shared::config::{CommonArgs, parse_duration};
 
+/// Default of `CACHE_MAX_BODY_BYTES`. A page of 1000 books of ordinary length (a few hundred
+/// bytes each) fits several times over; a page of books near storagesvc's field limits
+/// (about 17 KiB each) does not, and a deployment with such books raises the cap.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "booksvc",
@@ -89,6 +94,16 @@ pub struct Config {
     )]
     pub auth_tokens: Vec<String>,
 
+    /// Largest answer of storagesvc accepted and stored, in bytes; a larger one is an
+    /// upstream failure.
+    #[arg(long, env = "CACHE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = parse_body_cap)]
+    pub cache_max_body_bytes: usize,
+
+    /// Key that signs the answers booksvc writes to Redis (at least 16 bytes; the same on
+    /// every replica). Unset: a random key per process, so replicas serve only their own.
+    #[arg(long, env = "CACHE_SIGNING_KEY", hide_env_values = true)]
+    pub cache_signing_key: Option<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -106,6 +121,16 @@ fn parse_positive_duration(value: &str) -> Result<Duration, String> {
     match parse_duration(value)? {
         Duration::ZERO => Err("must be longer than zero".to_owned()),
         duration => Ok(duration),
+    }
+}
+
+/// A body cap: at least 2 bytes (the smallest JSON list, `[]`).
+fn parse_body_cap(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(bytes) if bytes >= 2 => Ok(bytes),
+        _ => Err(format!(
+            "expected a number of bytes of at least 2, got '{value}'"
+        )),
     }
 }
 

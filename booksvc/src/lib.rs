@@ -1,6 +1,7 @@
 //! booksvc: the public API in front of storagesvc.
 //!
-//! A read goes `startup` (router, layers) → `read_path` (`coalesce`, then fallback) →
+//! A read goes `startup` (router, layers) → `read_path` (`request` parses it, `coalesce`,
+//! then fallback) →
 //! `upstream` (the
 //! service client under `shared::resilience`) → storagesvc, and back through `last_good`
 //! (stored on success, recalled on failure), marked with `cache_status`. A write goes
@@ -11,9 +12,10 @@ mod coalesce;
 mod config;
 pub mod last_good;
 mod read_path;
+pub mod request;
 mod startup;
 mod upstream;
 mod write_path;
 
 pub use config::Config;
-pub use startup::Application;
+pub use startup::{Application, LAST_GOOD_PREFIX};

@@ -1,7 +1,8 @@
-//! The read path (DESIGN 4.1), outermost first: coalescing, then fallback around the
-//! resilient call.
+//! The read path (DESIGN 4.1), outermost first: parsing, coalescing, then fallback around
+//! the resilient call.
 //!
-//! `read` joins an identical read already in flight, or asks storagesvc through
+//! `read` parses the request (`request::BookQuery`; malformed input is a `400`, never
+//! sent upstream) and builds the upstream target and the cache key from it. It then joins an identical read already in flight, or asks storagesvc through
 //! [`Upstream::get`] (deadline → retry → breaker → attempt timeout, in
 //! `shared::resilience::call`). A successful answer is stored (once per upstream call, not
 //! once per reader) and passed on; a failure is answered from the last-good store, marked
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use crate::cache_status;
 use crate::coalesce::Coalescer;
 use crate::last_good::{CacheKey, LastGoodStore, StoredResponse};
+use crate::request::BookQuery;
 use crate::upstream::{AttemptValue, Upstream, UpstreamResponse};
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -71,23 +73,22 @@ impl ReadPath {
 
 /// `GET /`, `GET /books`, `GET /books/{id}`.
 pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
-    // `/` is the list, as the original service served it at its root.
-    let upstream_path = if uri.path() == "/" {
-        "/books"
-    } else {
-        uri.path()
+    // 1. Parse, then key: only the parsed value is used from here on.
+    let query = match BookQuery::from_uri(&uri) {
+        Ok(query) => query,
+        Err(invalid) => return invalid.into_response(),
     };
-    let upstream_target = match uri.query() {
-        Some(query) => format!("{upstream_path}?{query}"),
-        None => upstream_path.to_owned(),
-    };
-    let key = CacheKey::new("GET", upstream_path, uri.query());
+    let upstream_target = query.upstream_target();
+    let key = query.cache_key();
 
     // The call, shared by every coalesced reader: it also stores a success, once.
     let upstream = path.upstream.clone();
     let store = path.store.clone();
     let stored_key = key.clone();
     let call = async move {
+        // Read before the fetch: if a write invalidates the store meanwhile, this answer
+        // may predate it and is not kept.
+        let generation = store.generation();
         let result = upstream.get(&upstream_target).await;
         if let Ok(Ok(response)) = &result
             && response.status.is_success()
@@ -96,6 +97,7 @@ pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
                 body: response.body.clone(),
                 content_type: content_type_text(response),
                 fetched_at: SystemTime::now(),
+                generation,
             };
             store.remember(stored_key, stored).await;
         }

@@ -28,16 +28,18 @@ use shared::resilience::{
 use shared::server::Service;
 
 use crate::config::Config;
-use crate::last_good::{LastGoodConfig, LastGoodStore};
+use crate::last_good::{LastGoodConfig, LastGoodStore, SigningKey};
 use crate::read_path::{self, ReadPath};
 use crate::upstream::Upstream;
 use crate::write_path;
 
-/// What the handlers share: reads take the read path, writes the bare upstream.
+/// What the handlers share: reads take the read path, writes the bare upstream and the
+/// store they invalidate.
 #[derive(Clone, FromRef)]
 struct Routes {
     read_path: ReadPath,
     upstream: Upstream,
+    store: LastGoodStore,
 }
 
 /// Builds booksvc: `Application::build(config, storagesvc)` gives the bound, fully wired
@@ -82,20 +84,29 @@ impl Application {
             env!("CARGO_PKG_NAME"),
             env!("CARGO_PKG_VERSION"),
         )?;
-        let upstream = Upstream::new(client, resilience, &mut registry);
+        let upstream = Upstream::new(
+            client,
+            resilience,
+            config.cache_max_body_bytes,
+            &mut registry,
+        );
         let store = LastGoodStore::new(
             LastGoodConfig {
                 redis_url: config.redis_url.clone(),
-                key_prefix: "booksvc:v1:".into(),
+                key_prefix: LAST_GOOD_PREFIX.into(),
                 ttl: config.cache_ttl,
                 read_timeout: config.cache_read_timeout,
                 write_timeout: Duration::from_secs(1),
                 max_inflight_writes: 64,
                 memory_bytes: config.cache_memory_bytes,
+                max_body_bytes: config.cache_max_body_bytes,
+                signing_key: signing_key(config.cache_signing_key.as_deref())?,
             },
             &mut registry,
         )
         .map_err(|err| anyhow::anyhow!("REDIS_URL is not usable: {err}"))?;
+        store.sync_generation().await;
+        let invalidations = store.spawn_invalidation_listener();
 
         let probe = tokio::spawn(probe_while_open(
             upstream.clone(),
@@ -107,8 +118,9 @@ impl Application {
             .optional("redis", RedisCheck(store.clone()))
             .build();
         let state = Routes {
-            read_path: ReadPath::new(upstream.clone(), store, &mut registry),
+            read_path: ReadPath::new(upstream.clone(), store.clone(), &mut registry),
             upstream,
+            store,
         };
         // Reads are public; writes need a caller credential, checked before anything is
         // sent. booksvc's own credential to storagesvc is another secret, added by the
@@ -140,7 +152,7 @@ impl Application {
             (admin_listener, admin),
             http_metrics,
             config.common.server_limits(),
-            vec![probe],
+            vec![probe, invalidations],
         )?;
         tracing::info!(
             address = %service.address(),
@@ -148,6 +160,23 @@ impl Application {
             "booksvc listening"
         );
         Ok(service)
+    }
+}
+
+/// Prefix of booksvc's Redis keys; the version changes with the value format.
+pub const LAST_GOOD_PREFIX: &str = "booksvc:v2:";
+
+/// `CACHE_SIGNING_KEY`, or a random key for this process only (and a warning).
+fn signing_key(configured: Option<&str>) -> anyhow::Result<SigningKey> {
+    match configured.filter(|key| !key.is_empty()) {
+        Some(key) => SigningKey::new(key.as_bytes())
+            .map_err(|err| anyhow::anyhow!("CACHE_SIGNING_KEY: {err}")),
+        None => {
+            tracing::warn!(
+                "CACHE_SIGNING_KEY is not set: answers are signed with a random key of this process, so answers stored in Redis by other replicas, or before a restart, will not be served"
+            );
+            SigningKey::random().map_err(|err| anyhow::anyhow!(err))
+        }
     }
 }
 

@@ -1,5 +1,11 @@
 //! storagesvc as booksvc sees it: the service client under the resilience policies, one
 //! `Resilience::call` per request, each attempt classified by DESIGN table 4.2.
+//!
+//! A 2xx is a success only if its body is usable: at most `max_body_bytes` (read no
+//! further than that) and valid JSON (a `204` may be empty). Anything else is an
+//! `InvalidResponse`, a failure the breaker hears of and a retry may mend, so a broken
+//! answer is never passed on or stored. A 401 or 403 means booksvc's own credentials for
+//! storagesvc are wrong: logged as an error on every attempt.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -122,13 +128,20 @@ struct RefusalLabels {
 pub struct Upstream {
     client: ServiceClient,
     resilience: Resilience,
+    /// Largest body accepted from storagesvc (`CACHE_MAX_BODY_BYTES`).
+    max_body_bytes: usize,
 }
 
 impl Upstream {
     /// Wraps `client` in `resilience`, counting every attempt (timed-out ones included,
     /// which only the resilience layer sees) by outcome, with its duration, and every retry
     /// made or refused.
-    pub fn new(client: ServiceClient, mut resilience: Resilience, registry: &mut Registry) -> Self {
+    pub fn new(
+        client: ServiceClient,
+        mut resilience: Resilience,
+        max_body_bytes: usize,
+        registry: &mut Registry,
+    ) -> Self {
         let attempts = Family::<OutcomeLabels, Counter>::default();
         let latency = latency_histogram();
         let retries = Family::<RetryLabels, Counter>::default();
@@ -177,7 +190,11 @@ impl Upstream {
                     .inc();
             }
         });
-        Self { client, resilience }
+        Self {
+            client,
+            resilience,
+            max_body_bytes,
+        }
     }
 
     pub fn client(&self) -> &ServiceClient {
@@ -256,21 +273,51 @@ impl Upstream {
                         headers.insert(name, value.clone());
                     }
                 }
-                match response.bytes().await {
-                    Ok(body) => Attempted {
-                        outcome: AttemptOutcome::from_status(status, retry_after),
-                        retry_after,
-                        value: Ok(UpstreamResponse {
-                            status,
-                            headers,
-                            body,
-                        }),
-                    },
-                    Err(err) => Attempted {
-                        outcome: AttemptOutcome::Unreachable,
-                        retry_after: None,
-                        value: Err(format!("reading the body failed: {err}")),
-                    },
+                let body = match read_body(response, self.max_body_bytes).await {
+                    Ok(body) => body,
+                    Err(BodyError::TooLarge) => {
+                        return Attempted {
+                            outcome: AttemptOutcome::InvalidResponse,
+                            retry_after: None,
+                            value: Err(format!(
+                                "the response body is over {} bytes",
+                                self.max_body_bytes
+                            )),
+                        };
+                    }
+                    Err(BodyError::Unreadable(err)) => {
+                        return Attempted {
+                            outcome: AttemptOutcome::Unreachable,
+                            retry_after: None,
+                            value: Err(format!("reading the body failed: {err}")),
+                        };
+                    }
+                };
+                let outcome = match AttemptOutcome::from_status(status, retry_after) {
+                    AttemptOutcome::Success if !is_usable_body(status, &body) => {
+                        return Attempted {
+                            outcome: AttemptOutcome::InvalidResponse,
+                            retry_after: None,
+                            value: Err(format!("a {status} whose body is not valid JSON")),
+                        };
+                    }
+                    AttemptOutcome::CredentialsRefused => {
+                        tracing::error!(
+                            %status,
+                            "storagesvc refuses booksvc's credentials: check STORAGESVC_* and storagesvc's AUTH_TOKENS"
+                        );
+                        AttemptOutcome::CredentialsRefused
+                    }
+                    outcome => outcome,
+                };
+                Attempted {
+                    outcome,
+                    retry_after,
+                    value: Ok(UpstreamResponse {
+                        status,
+                        headers,
+                        body,
+                    }),
                 }
             }
             Err(err) => {
@@ -297,6 +344,34 @@ fn never_sent(err: &ClientError) -> bool {
         ClientError::InvalidPath { .. } | ClientError::Token { .. } => true,
         ClientError::Transport { error, .. } => error.is_connect(),
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable(reqwest::Error),
+}
+
+/// The whole body, or `TooLarge` as soon as it is known to exceed `max_bytes` (from its
+/// `Content-Length`, or while reading): a huge answer is never held in memory.
+async fn read_body(mut response: reqwest::Response, max_bytes: usize) -> Result<Bytes, BodyError> {
+    let announced = response.content_length().unwrap_or(0);
+    if usize::try_from(announced).map_or(true, |announced| announced > max_bytes) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Unreadable)? {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
+/// A success body booksvc can pass on and store: valid JSON, or nothing for a `204`.
+fn is_usable_body(status: StatusCode, body: &[u8]) -> bool {
+    (status == StatusCode::NO_CONTENT && body.is_empty())
+        || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 /// Transport failures are the service's (retryable); a bad path or refused credentials are
@@ -336,5 +411,17 @@ mod tests {
         tally.started.fetch_add(1, Ordering::Relaxed);
         tally.unsent.fetch_add(1, Ordering::Relaxed);
         assert_eq!(tally.delivery(), Delivery::MaybeSent, "an earlier attempt");
+    }
+
+    #[test]
+    fn only_json_or_an_empty_204_is_a_usable_success_body() {
+        let ok = StatusCode::OK;
+        assert!(is_usable_body(ok, br#"[{"id":1}]"#));
+        assert!(is_usable_body(ok, br#" {"id":1} "#));
+        assert!(is_usable_body(StatusCode::CREATED, b"{}"));
+        assert!(is_usable_body(StatusCode::NO_CONTENT, b""));
+        for body in [&b""[..], b"<html>", b"[{\"id\":1}", b"{} {}", b"\xff"] {
+            assert!(!is_usable_body(ok, body), "{body:?}");
+        }
     }
 }

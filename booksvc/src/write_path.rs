@@ -18,6 +18,11 @@
 //!   may have been applied; only a retry with the same `Idempotency-Key` is safe.
 //!
 //! Details name no internal address: the reason goes to the log.
+//!
+//! The upstream target is built from the parsed request (`request::WriteTarget`), never
+//! from the raw path. A write that may have been applied invalidates the last-good store
+//! on every replica before the answer goes out, so no later stale answer shows the book
+//! as it was.
 
 use std::time::Duration;
 
@@ -30,7 +35,9 @@ use shared::extract::Body;
 use shared::resilience::{AttemptOutcome, CallError};
 
 use crate::cache_status;
+use crate::last_good::LastGoodStore;
 use crate::read_path::forwarded;
+use crate::request::WriteTarget;
 use crate::upstream::{AttemptValue, Delivery, Retries, Upstream, UpstreamRequest};
 
 /// The caller's key that makes a write safe to retry (forwarded to storagesvc as is).
@@ -45,11 +52,16 @@ const UNREACHABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// `POST /books`, `PUT /books/{id}`, `DELETE /books/{id}`.
 pub async fn write(
     State(upstream): State<Upstream>,
+    State(store): State<LastGoodStore>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
+    let target = match WriteTarget::from_uri(&uri) {
+        Ok(target) => target,
+        Err(invalid) => return invalid.into_response(),
+    };
     let mut passed_on = HeaderMap::new();
     for name in PASSED_ON {
         if let Some(value) = headers.get(&name) {
@@ -63,14 +75,16 @@ pub async fn write(
     };
     let request = UpstreamRequest {
         method,
-        path_and_query: uri
-            .path_and_query()
-            .map_or(uri.path(), |target| target.as_str())
-            .to_owned(),
+        path_and_query: target.upstream_target(),
         headers: passed_on,
         body: (!body.is_empty()).then_some(body),
     };
     let (result, delivery) = upstream.send_tracked(&request, retries).await;
+    if delivery == Delivery::MaybeSent && may_have_been_applied(&result) {
+        // The write changed (or may have changed) a book, and so every list: nothing
+        // stored before it may be served again.
+        store.invalidate().await;
+    }
     match result {
         Ok(Ok(response)) => forwarded(response, cache_status::forwarded_uncacheable()),
         Ok(Err(reason)) => {
@@ -83,6 +97,24 @@ pub async fn write(
             .into_response()
         }
         Err(failure) => failed(&request, retries, failure, delivery),
+    }
+}
+
+/// Whether storagesvc may have applied the write: a 2xx, and any failure after the request
+/// may have reached it, except the answers that say it was not (a 4xx, storagesvc's 503).
+/// When in doubt the store is invalidated: that costs only stale answers, never a wrong one.
+fn may_have_been_applied(result: &Result<AttemptValue, CallError<AttemptValue>>) -> bool {
+    match result {
+        Ok(Ok(response)) => response.status.is_success(),
+        Ok(Err(_)) | Err(CallError::BreakerOpen(_)) => false,
+        Err(CallError::Failed {
+            last: Some(Ok(response)),
+            ..
+        }) => {
+            !(response.status.is_client_error()
+                || response.status == StatusCode::SERVICE_UNAVAILABLE)
+        }
+        Err(CallError::Failed { .. }) => true,
     }
 }
 

@@ -17,6 +17,9 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 pub const POSTGRES_USER: &str = "bookstore";
 pub const POSTGRES_PASSWORD: &str = "bookstore-test-password";
 pub const POSTGRES_DB: &str = "books";
+/// Redis runs as in a deployment: with a password and a memory bound that evicts.
+pub const REDIS_PASSWORD: &str = "redis-test-password";
+pub const REDIS_MAXMEMORY: &str = "64mb";
 
 /// Fails the test with a clear message when no Docker engine answers. These tests are
 /// never skipped: a run without Docker is a failed run, in CI and anywhere else.
@@ -164,7 +167,9 @@ impl Faults for Postgres {
     }
 }
 
-/// A Redis container on a fixed host port.
+/// A Redis container on a fixed host port, started with `--requirepass` and
+/// `--maxmemory` + `allkeys-lru` (both the official and the offline image pass leading
+/// `--options` to redis-server).
 pub struct Redis {
     container: ContainerAsync<GenericImage>,
     host_port: u16,
@@ -178,6 +183,14 @@ impl Redis {
         let container = GenericImage::new(name, tag)
             .with_exposed_port(6379.tcp())
             .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+            .with_cmd([
+                "--requirepass",
+                REDIS_PASSWORD,
+                "--maxmemory",
+                REDIS_MAXMEMORY,
+                "--maxmemory-policy",
+                "allkeys-lru",
+            ])
             .with_mapped_port(host_port, 6379.tcp())
             .with_startup_timeout(Duration::from_secs(60))
             .start()
@@ -189,8 +202,42 @@ impl Redis {
         }
     }
 
+    /// The URL booksvc is configured with: the password included.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.host_port)
+        self.url_with_password(REDIS_PASSWORD)
+    }
+
+    /// The same server with another password (an empty one: none at all).
+    pub fn url_with_password(&self, password: &str) -> String {
+        if password.is_empty() {
+            format!("redis://127.0.0.1:{}", self.host_port)
+        } else {
+            format!("redis://:{password}@127.0.0.1:{}", self.host_port)
+        }
+    }
+
+    /// A connection with the password, for a test to look into or tamper with Redis.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test Redis")
+    }
+
+    /// The keys matching `pattern`, counted with `SCAN` (never `KEYS`).
+    pub async fn count_keys(&self, pattern: &str) -> usize {
+        let mut redis = self.connection().await;
+        let mut keys: redis::AsyncIter<String> =
+            redis::AsyncCommands::scan_match(&mut redis, pattern)
+                .await
+                .unwrap();
+        let mut count = 0;
+        while let Some(key) = keys.next_item().await {
+            key.unwrap();
+            count += 1;
+        }
+        count
     }
 }
 

@@ -25,6 +25,8 @@ use crate::server::RunningServer;
 pub struct Arrival {
     pub at: Instant,
     pub path: String,
+    /// Path and query exactly as received.
+    pub target: String,
     /// The caller's `x-request-id`: retries of one request carry the same one.
     pub request_id: Option<String>,
 }
@@ -78,6 +80,10 @@ async fn forward(State(forwarding): State<Forwarding>, request: Request) -> Resp
     forwarding.arrivals.lock().unwrap().push(Arrival {
         at: Instant::now(),
         path: parts.uri.path().to_owned(),
+        target: parts.uri.path_and_query().map_or_else(
+            || parts.uri.path().to_owned(),
+            |target| target.as_str().to_owned(),
+        ),
         request_id: parts
             .headers
             .get("x-request-id")

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod poll;
 pub mod process;
 pub mod proxy;
+pub mod raw_http;
 pub mod server;
 pub mod storagesvc;
 

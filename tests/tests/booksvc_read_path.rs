@@ -145,7 +145,7 @@ async fn fresh_reads_pass_storagesvc_bytes_through_and_store_them() {
         let mut redis = redis.clone();
         async move {
             redis
-                .get::<_, Option<Vec<u8>>>("booksvc:v1:GET /books")
+                .get::<_, Option<Vec<u8>>>("booksvc:v2:GET /books?limit=100&offset=0")
                 .await
                 .unwrap()
         }

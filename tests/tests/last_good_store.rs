@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
-use booksvc::last_good::{CacheKey, LastGoodConfig, LastGoodStore, Source, StoredResponse};
+use booksvc::last_good::{
+    CacheKey, LastGoodConfig, LastGoodStore, SigningKey, Source, StoredResponse,
+};
 use prometheus_client::registry::Registry;
 use system_tests::containers::{Faults, Redis, free_port};
 use system_tests::poll::eventually;
@@ -15,36 +17,57 @@ const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// Scheduling slack on a busy two-core machine, on top of the promised bound.
 const SLACK: Duration = Duration::from_millis(50);
 
-fn store(redis_url: String) -> LastGoodStore {
-    let config = LastGoodConfig {
+fn config(redis_url: String) -> LastGoodConfig {
+    LastGoodConfig {
         redis_url,
-        key_prefix: "booksvc:v1:".into(),
+        key_prefix: booksvc::LAST_GOOD_PREFIX.into(),
         ttl: Duration::from_secs(24 * 3600),
         read_timeout: READ_TIMEOUT,
         write_timeout: Duration::from_secs(1),
         max_inflight_writes: 64,
         memory_bytes: 1 << 20,
-    };
-    LastGoodStore::new(config, &mut Registry::default()).unwrap()
+        max_body_bytes: 1 << 20,
+        signing_key: SigningKey::new(b"the signing key of the tests").unwrap(),
+    }
 }
 
-fn books_answer() -> StoredResponse {
+/// A store following the invalidations in Redis; when Redis is up, once it knows the
+/// current generation (before that, nothing from Redis is served).
+async fn store(redis_url: String) -> LastGoodStore {
+    let store = LastGoodStore::new(config(redis_url), &mut Registry::default()).unwrap();
+    // The task ends with the test's runtime.
+    let _listener = store.spawn_invalidation_listener();
+    store
+}
+
+async fn synced(store: LastGoodStore) -> LastGoodStore {
+    eventually(
+        Duration::from_secs(5),
+        "the generation from Redis",
+        || async { (store.generation() != 0).then_some(()) },
+    )
+    .await;
+    store
+}
+
+fn books_answer(store: &LastGoodStore) -> StoredResponse {
     StoredResponse {
         body: Bytes::from_static(br#"[{"id":1,"title":"One book","author":"John Doe","desc":""}]"#),
         content_type: "application/json".into(),
         fetched_at: SystemTime::now(),
+        generation: store.generation(),
     }
 }
 
 fn key() -> CacheKey {
-    CacheKey::new("GET", "/books", None)
+    CacheKey::new("GET", "/books?limit=100&offset=0")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remembered_answer_comes_back_from_redis_byte_for_byte() {
     let redis = Redis::start().await;
-    let store = store(redis.url());
-    let answer = books_answer();
+    let store = synced(store(redis.url()).await).await;
+    let answer = books_answer(&store);
     store.remember(key(), answer.clone()).await;
 
     let (from_memory, source) = store.recall(&key()).await.unwrap();
@@ -77,7 +100,7 @@ async fn assert_redis_fault_is_bounded(store: &LastGoodStore) {
     // A write returns at once: Redis is written in the background.
     let started = Instant::now();
     store
-        .remember(CacheKey::new("GET", "/books/2", None), books_answer())
+        .remember(CacheKey::new("GET", "/books/2"), books_answer(store))
         .await;
     assert!(
         started.elapsed() < Duration::from_millis(20),
@@ -87,7 +110,7 @@ async fn assert_redis_fault_is_bounded(store: &LastGoodStore) {
 
     // The memory copy is still served.
     let (_, source) = store
-        .recall(&CacheKey::new("GET", "/books/2", None))
+        .recall(&CacheKey::new("GET", "/books/2"))
         .await
         .unwrap();
     assert_eq!(source, Source::Memory);
@@ -106,8 +129,8 @@ async fn assert_redis_fault_is_bounded(store: &LastGoodStore) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_redis_never_blocks_longer_than_the_read_timeout() {
     let redis = Redis::start().await;
-    let store = store(redis.url());
-    store.remember(key(), books_answer()).await;
+    let store = synced(store(redis.url()).await).await;
+    store.remember(key(), books_answer(&store)).await;
     redis.stop().await;
     assert_redis_fault_is_bounded(&store).await;
 }
@@ -115,8 +138,8 @@ async fn stopped_redis_never_blocks_longer_than_the_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_never_blocks_longer_than_the_read_timeout() {
     let redis = Redis::start().await;
-    let store = store(redis.url());
-    store.remember(key(), books_answer()).await;
+    let store = synced(store(redis.url()).await).await;
+    store.remember(key(), books_answer(&store)).await;
     assert!(store.redis_reachable().await.is_ok());
     redis.pause().await;
     assert_redis_fault_is_bounded(&store).await;
@@ -131,7 +154,7 @@ async fn paused_redis_never_blocks_longer_than_the_read_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_starts_without_redis() {
-    let store = store(format!("redis://127.0.0.1:{}", free_port()));
+    let store = store(format!("redis://127.0.0.1:{}", free_port())).await;
     assert_redis_fault_is_bounded(&store).await;
 }
 
@@ -141,16 +164,7 @@ async fn the_store_starts_without_redis() {
 async fn an_unchanged_answer_is_written_to_redis_at_most_once_a_second() {
     let redis = Redis::start().await;
     let mut registry = Registry::default();
-    let config = LastGoodConfig {
-        redis_url: redis.url(),
-        key_prefix: "booksvc:v1:".into(),
-        ttl: Duration::from_secs(24 * 3600),
-        read_timeout: READ_TIMEOUT,
-        write_timeout: Duration::from_secs(1),
-        max_inflight_writes: 64,
-        memory_bytes: 1 << 20,
-    };
-    let store = LastGoodStore::new(config, &mut registry).unwrap();
+    let store = LastGoodStore::new(config(redis.url()), &mut registry).unwrap();
     let writes = || {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -162,14 +176,14 @@ async fn an_unchanged_answer_is_written_to_redis_at_most_once_a_second() {
 
     let started = Instant::now();
     for _ in 0..100 {
-        store.remember(key(), books_answer()).await;
+        store.remember(key(), books_answer(&store)).await;
     }
     assert!(started.elapsed() < Duration::from_secs(1), "a quick burst");
     assert_eq!(writes(), 1, "100 identical answers, one write");
 
     let changed = StoredResponse {
         body: Bytes::from_static(b"[]"),
-        ..books_answer()
+        ..books_answer(&store)
     };
     store.remember(key(), changed.clone()).await;
     assert_eq!(writes(), 2, "a changed body is written at once");
@@ -180,4 +194,49 @@ async fn an_unchanged_answer_is_written_to_redis_at_most_once_a_second() {
     // The memory copy is always the latest.
     let (latest, _) = store.recall(&key()).await.unwrap();
     assert_eq!(latest.body, Bytes::from_static(b"[]"));
+}
+
+/// Redis hangs at the moment of a write: the writing replica at once serves nothing stored
+/// before it; as soon as Redis answers, the new generation is written and announced, and
+/// the other replica drops the old answer too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_while_redis_hangs_reaches_every_replica_as_soon_as_redis_answers() {
+    let redis = Redis::start().await;
+    let writer = synced(store(redis.url()).await).await;
+    let other = synced(store(redis.url()).await).await;
+    writer.remember(key(), books_answer(&writer)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the other replica has the answer",
+        || async {
+            other
+                .recall(&key())
+                .await
+                .filter(|(_, source)| *source == Source::Redis)
+        },
+    )
+    .await;
+
+    redis.pause().await;
+    let started = Instant::now();
+    writer.invalidate().await;
+    let took = started.elapsed();
+    assert!(
+        took <= READ_TIMEOUT + SLACK,
+        "the write waited {took:?} for Redis"
+    );
+    assert!(
+        writer.recall(&key()).await.is_none(),
+        "the writer's copy is gone"
+    );
+
+    redis.unpause().await;
+    eventually(
+        Duration::from_secs(10),
+        "the other replica drops the answer from before the write",
+        || async { other.recall(&key()).await.is_none().then_some(()) },
+    )
+    .await;
+    assert_eq!(writer.generation(), other.generation());
+    assert!(writer.recall(&key()).await.is_none());
 }

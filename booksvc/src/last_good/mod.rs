@@ -8,18 +8,26 @@
 //! - **Redis down never fails a request.** `recall` reads memory first, then Redis, each
 //!   bounded by `read_timeout`; a Redis error is counted and logged and reads as a miss.
 //!
+//! - **Bounded and trustworthy.** Only JSON bodies within `max_body_bytes` are kept; the
+//!   memory bound counts each entry's key, body, content type and a fixed overhead, so many
+//!   small entries cannot outgrow it; a value read back from Redis is served only if booksvc
+//!   signed it (`stored`).
+//! - **Writes invalidate** every replica's copies, through Redis (`generation`).
+//!
 //! A busy key is fetched many times a second, nearly always with the same body. Such an
 //! unchanged answer is written to Redis again only once `REDIS_REFRESH_AFTER` has passed
 //! since the last write, so Redis sees about one write per key per second instead of one
 //! per request; a changed body is written at once. (The `Age` of an answer recalled from
 //! Redis may then be up to that much too old; from memory it is exact.)
 
+mod generation;
 mod key;
 mod stored;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use moka::future::Cache;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,14 +36,21 @@ use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
+use generation::{Generation, random_generation};
 pub use key::CacheKey;
 
 /// An unchanged answer is written to Redis again after this long.
 const REDIS_REFRESH_AFTER: Duration = Duration::from_secs(1);
 /// Bound on the keys remembered as recently written (beyond it, a write may repeat early).
 const MAX_RECENT_WRITES: u64 = 100_000;
-pub use stored::StoredResponse;
+/// What one memory entry costs besides its key, body and content type: the entry and its
+/// `Arc`, and the cache's own bookkeeping per entry (an estimate, on the safe side).
+pub const ENTRY_OVERHEAD_BYTES: u32 = 256;
+/// Wait before subscribing to invalidations again after the subscription failed.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+pub use stored::{MIN_SIGNING_KEY_BYTES, SigningKey, StoredResponse, is_json};
 
 #[derive(Debug, Clone)]
 pub struct LastGoodConfig {
@@ -49,8 +64,12 @@ pub struct LastGoodConfig {
     /// Bound on each background write.
     pub write_timeout: Duration,
     pub max_inflight_writes: usize,
-    /// Size of the in-memory copy, in bytes of stored bodies.
+    /// Size of the in-memory copy, in bytes of keys, bodies and per-entry overhead.
     pub memory_bytes: u64,
+    /// Largest body stored (and accepted back from Redis).
+    pub max_body_bytes: usize,
+    /// Signs what goes to Redis and checks what comes back.
+    pub signing_key: SigningKey,
 }
 
 /// Where a recalled answer came from.
@@ -74,11 +93,18 @@ struct OperationLabels {
     operation: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
 #[derive(Clone)]
 struct StoreMetrics {
     redis_errors: Family<OperationLabels, Counter>,
     writes: Counter,
     writes_dropped: Counter,
+    refused: Family<RefusalLabels, Counter>,
+    invalidations: Counter,
 }
 
 impl StoreMetrics {
@@ -87,7 +113,19 @@ impl StoreMetrics {
             redis_errors: Family::default(),
             writes: Counter::default(),
             writes_dropped: Counter::default(),
+            refused: Family::default(),
+            invalidations: Counter::default(),
         };
+        registry.register(
+            "last_good_refused",
+            "Answers the last-good store would not keep or serve, by reason (not_json, too_large, unverified, older_generation)",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "last_good_invalidations",
+            "Successful writes that invalidated the stored answers",
+            metrics.invalidations.clone(),
+        );
         registry.register(
             "last_good_redis_writes",
             "Answers sent to Redis by the last-good store",
@@ -111,6 +149,24 @@ impl StoreMetrics {
             .get_or_create(&OperationLabels { operation })
             .inc();
     }
+
+    fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+}
+
+/// The in-memory copy, bounded by `max_bytes` of keys, bodies, content types and
+/// [`ENTRY_OVERHEAD_BYTES`] per entry.
+pub fn memory_cache(max_bytes: u64) -> Cache<CacheKey, Arc<StoredResponse>> {
+    Cache::builder()
+        .weigher(|key: &CacheKey, value: &Arc<StoredResponse>| {
+            let bytes = key.as_str().len() + value.body.len() + value.content_type.len();
+            u32::try_from(bytes)
+                .unwrap_or(u32::MAX)
+                .saturating_add(ENTRY_OVERHEAD_BYTES)
+        })
+        .max_capacity(max_bytes)
+        .build()
 }
 
 /// Memory plus Redis; cheap to clone.
@@ -120,8 +176,10 @@ pub struct LastGoodStore {
     memory: Cache<CacheKey, Arc<StoredResponse>>,
     /// Keys written to Redis within the last `REDIS_REFRESH_AFTER`.
     recently_written: Cache<CacheKey, ()>,
+    client: redis::Client,
     redis: ConnectionManager,
     write_slots: Arc<Semaphore>,
+    generation: Arc<Generation>,
     metrics: StoreMetrics,
 }
 
@@ -136,13 +194,8 @@ impl LastGoodStore {
             .set_response_timeout(Some(config.read_timeout.max(config.write_timeout)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)?;
-        let memory = Cache::builder()
-            .weigher(|_key: &CacheKey, value: &Arc<StoredResponse>| {
-                u32::try_from(value.body.len()).unwrap_or(u32::MAX)
-            })
-            .max_capacity(config.memory_bytes)
-            .build();
+        let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        let memory = memory_cache(config.memory_bytes);
         let recently_written = Cache::builder()
             .max_capacity(MAX_RECENT_WRITES)
             .time_to_live(REDIS_REFRESH_AFTER)
@@ -152,7 +205,9 @@ impl LastGoodStore {
             write_slots: Arc::new(Semaphore::new(config.max_inflight_writes)),
             config: Arc::new(config),
             memory,
+            client,
             redis,
+            generation: Arc::default(),
             metrics: StoreMetrics::register(registry),
         })
     }
@@ -161,14 +216,48 @@ impl LastGoodStore {
         format!("{}{}", self.config.key_prefix, key.as_str())
     }
 
+    fn generation_key(&self) -> String {
+        format!("{}generation", self.config.key_prefix)
+    }
+
+    fn invalidation_channel(&self) -> String {
+        format!("{}invalidations", self.config.key_prefix)
+    }
+
+    /// The invalidation generation to tag an answer with: read it *before* the fetch
+    /// starts, so an answer that may predate a write is never kept.
+    pub fn generation(&self) -> u64 {
+        self.generation.current()
+    }
+
     /// Keeps a fresh answer: in memory now, in Redis in the background (unless Redis got
-    /// the same body less than `REDIS_REFRESH_AFTER` ago).
+    /// the same body less than `REDIS_REFRESH_AFTER` ago). Not kept: a body that is not
+    /// JSON or over the cap, and an answer whose fetch began before the latest write.
     pub async fn remember(&self, key: CacheKey, stored: StoredResponse) {
+        if stored.generation != self.generation.current() {
+            tracing::debug!(
+                key = key.as_str(),
+                "not stored: a write invalidated the store while it was fetched"
+            );
+            return;
+        }
+        let refusal = if !is_json(&stored.content_type) {
+            Some("not_json")
+        } else if stored.body.len() > self.config.max_body_bytes {
+            Some("too_large")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.metrics.refused(reason);
+            tracing::warn!(key = key.as_str(), reason, "answer not stored");
+            return;
+        }
         let unchanged = self.memory.get(&key).await.is_some_and(|previous| {
             previous.body == stored.body && previous.content_type == stored.content_type
         });
         let redis_is_current = unchanged && self.recently_written.contains_key(&key);
-        let value = (!redis_is_current).then(|| stored.encode());
+        let value = (!redis_is_current).then(|| stored.encode(&key, &self.config.signing_key));
         self.memory.insert(key.clone(), Arc::new(stored)).await;
         let Some(value) = value else {
             return;
@@ -209,16 +298,32 @@ impl LastGoodStore {
         });
     }
 
-    /// The last good answer for `key`, from memory or else from Redis, or `None`.
+    /// The last good answer for `key`, from memory or else from Redis, or `None`; only
+    /// one of the current invalidation generation.
     pub async fn recall(&self, key: &CacheKey) -> Option<(Arc<StoredResponse>, Source)> {
+        let seen = self.generation.current();
         if let Some(stored) = self.memory.get(key).await {
-            return Some((stored, Source::Memory));
+            if stored.generation == seen {
+                return Some((stored, Source::Memory));
+            }
+            self.memory.invalidate(key).await;
+        }
+        if self.generation.pending().is_some() {
+            // This replica's last write is not in Redis yet: what Redis holds may predate it.
+            tracing::debug!(
+                key = key.as_str(),
+                "Redis not asked: an invalidation is still to be written"
+            );
+            return None;
         }
         let redis_key = self.redis_key(key);
         let mut redis = self.redis.clone();
-        let read = redis.get::<_, Option<Vec<u8>>>(&redis_key);
-        let value = match tokio::time::timeout(self.config.read_timeout, read).await {
-            Ok(Ok(value)) => value?,
+        // The entry and the current generation in one round trip.
+        let mut read = redis::cmd("MGET");
+        read.arg(&redis_key).arg(self.generation_key());
+        let read = read.query_async::<(Option<Vec<u8>>, Option<u64>)>(&mut redis);
+        let (value, current) = match tokio::time::timeout(self.config.read_timeout, read).await {
+            Ok(Ok(found)) => found,
             Ok(Err(err)) => {
                 self.metrics.redis_error("read");
                 tracing::warn!(error = %err, key = redis_key, "last-good read from Redis failed");
@@ -230,15 +335,180 @@ impl LastGoodStore {
                 return None;
             }
         };
-        match StoredResponse::decode(&value) {
-            Ok(stored) => {
-                let stored = Arc::new(stored);
-                self.memory.insert(key.clone(), Arc::clone(&stored)).await;
-                Some((stored, Source::Redis))
-            }
+        let Some(current) = current else {
+            // Redis lost the generation (evicted, restarted): nothing in it can be trusted
+            // to postdate the last write until the listener sets a new one.
+            self.generation.wake.notify_one();
+            return None;
+        };
+        match self.generation.observe(seen, current) {
+            Some(true) => self.memory.invalidate_all(),
+            Some(false) => {}
+            None => return None,
+        }
+        let value = value?;
+        let stored = match StoredResponse::decode(
+            &value,
+            key,
+            &self.config.signing_key,
+            self.config.max_body_bytes,
+        ) {
+            Ok(stored) => stored,
             Err(err) => {
-                tracing::warn!(error = %err, key = redis_key, "unreadable last-good value in Redis; ignored");
-                None
+                self.metrics.refused("unverified");
+                tracing::warn!(error = %err, key = redis_key, "last-good value in Redis refused");
+                return None;
+            }
+        };
+        if stored.generation != current {
+            self.metrics.refused("older_generation");
+            tracing::debug!(key = redis_key, "last-good value in Redis predates a write");
+            return None;
+        }
+        let stored = Arc::new(stored);
+        self.memory.insert(key.clone(), Arc::clone(&stored)).await;
+        Some((stored, Source::Redis))
+    }
+
+    /// After a successful write: no answer stored so far is served again, by this replica
+    /// or any other. Memory is dropped at once; Redis gets the new generation within the
+    /// read timeout, or from the listener as soon as it answers again (see `generation`).
+    pub async fn invalidate(&self) {
+        self.metrics.invalidations.inc();
+        let generation = self.generation.next();
+        self.memory.invalidate_all();
+        match tokio::time::timeout(self.config.read_timeout, self.publish(generation)).await {
+            Ok(Ok(())) => self.generation.written(generation),
+            Ok(Err(err)) => {
+                self.metrics.redis_error("invalidate");
+                tracing::warn!(error = %err, "invalidation not written to Redis yet; retrying in the background");
+                self.generation.wake.notify_one();
+            }
+            Err(_) => {
+                self.metrics.redis_error("invalidate");
+                tracing::warn!(timeout = ?self.config.read_timeout, "invalidation not written to Redis in time; retrying in the background");
+                self.generation.wake.notify_one();
+            }
+        }
+    }
+
+    /// Sets `generation` in Redis and announces it to every replica.
+    async fn publish(&self, generation: u64) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        redis::pipe()
+            .atomic()
+            .set(self.generation_key(), generation)
+            .ignore()
+            .publish(self.invalidation_channel(), generation)
+            .ignore()
+            .query_async::<()>(&mut redis)
+            .await
+    }
+
+    /// Follows the invalidations of every replica until the task is aborted (with the
+    /// service); see `generation`.
+    pub fn spawn_invalidation_listener(&self) -> JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.subscribe().await {
+                    Ok(messages) => {
+                        store.follow(messages).await;
+                        tracing::warn!(
+                            "invalidation subscription to Redis lost; subscribing again"
+                        );
+                    }
+                    Err(err) => {
+                        store.metrics.redis_error("subscribe");
+                        tracing::warn!(error = %err, "cannot subscribe to invalidations in Redis; trying again");
+                        // A write's invalidation may be waiting, and Redis may answer
+                        // commands although subscribing failed.
+                        store.sync_generation().await;
+                    }
+                }
+                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+            }
+        })
+    }
+
+    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSubStream> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(self.invalidation_channel()).await?;
+            Ok(pubsub.into_on_message())
+        };
+        match tokio::time::timeout(self.config.write_timeout, connect).await {
+            Ok(subscribed) => subscribed,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "subscribing timed out",
+            ))),
+        }
+    }
+
+    /// Applies every announced generation until the subscription ends.
+    async fn follow(&self, mut messages: redis::aio::PubSubStream) {
+        // Announcements made while this replica was not subscribed are lost: read the
+        // generation now, after subscribing, so none falls in between.
+        self.sync_generation().await;
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { return };
+                    match message.get_payload::<u64>() {
+                        Ok(announced) => self.follow_redis(self.generation.current(), announced),
+                        Err(err) => tracing::warn!(error = %err, "unreadable invalidation message ignored"),
+                    }
+                }
+                () = self.generation.wake.notified() => self.sync_generation().await,
+                // A write's generation that could not be written yet is tried again.
+                () = tokio::time::sleep(RESUBSCRIBE_DELAY), if self.generation.pending().is_some() => {
+                    self.sync_generation().await;
+                }
+            }
+        }
+    }
+
+    fn follow_redis(&self, seen: u64, generation: u64) {
+        if self.generation.observe(seen, generation) == Some(true) {
+            self.memory.invalidate_all();
+            tracing::debug!("stored answers invalidated by a write");
+        }
+    }
+
+    /// Writes a pending generation, makes sure Redis holds one, and follows it. Failures are
+    /// counted and logged; the listener tries again. Start-up calls it once before serving:
+    /// an answer fetched before the generation is known could not be kept.
+    pub async fn sync_generation(&self) {
+        let seen = self.generation.current();
+        let sync = async {
+            if let Some(pending) = self.generation.pending() {
+                self.publish(pending).await?;
+                self.generation.written(pending);
+                tracing::info!("a delayed invalidation is now in Redis");
+            }
+            let mut redis = self.redis.clone();
+            let (current,) = redis::pipe()
+                .cmd("SET")
+                .arg(self.generation_key())
+                .arg(random_generation())
+                .arg("NX")
+                .ignore()
+                .get(self.generation_key())
+                .query_async::<(Option<u64>,)>(&mut redis)
+                .await?;
+            Ok::<_, redis::RedisError>(current)
+        };
+        match tokio::time::timeout(self.config.write_timeout, sync).await {
+            Ok(Ok(Some(current))) => self.follow_redis(seen, current),
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => {
+                self.metrics.redis_error("sync");
+                tracing::warn!(error = %err, "cannot read the invalidation generation from Redis");
+            }
+            Err(_) => {
+                self.metrics.redis_error("sync");
+                tracing::warn!("reading the invalidation generation from Redis timed out");
             }
         }
     }
@@ -256,5 +526,47 @@ impl LastGoodStore {
     /// Forgets the in-memory copy (tests use it to force a read from Redis).
     pub fn clear_memory(&self) {
         self.memory.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use axum::body::Bytes;
+
+    use super::*;
+
+    /// The bound holds for many small entries too: keys and per-entry costs are counted,
+    /// not only bodies.
+    #[tokio::test]
+    async fn a_hundred_thousand_distinct_keys_stay_under_the_memory_bound() {
+        const BOUND: u64 = 4 * 1024 * 1024;
+        let memory = memory_cache(BOUND);
+        let body = Bytes::from_static(b"[]");
+        for offset in 0..100_000u64 {
+            let key = CacheKey::new("GET", &format!("/books?limit=100&offset={offset}"));
+            let stored = StoredResponse {
+                body: body.clone(),
+                content_type: "application/json".into(),
+                fetched_at: SystemTime::now(),
+                generation: 1,
+            };
+            memory.insert(key, Arc::new(stored)).await;
+        }
+        memory.run_pending_tasks().await;
+        let weighed = memory.weighted_size();
+        assert!(
+            weighed <= BOUND,
+            "{weighed} bytes over the bound of {BOUND}"
+        );
+        // Each entry weighs at least its overhead, so far fewer than 100,000 remain.
+        let most = BOUND / u64::from(ENTRY_OVERHEAD_BYTES);
+        assert!(
+            memory.entry_count() <= most,
+            "{} entries",
+            memory.entry_count()
+        );
+        assert!(memory.entry_count() > 0);
     }
 }

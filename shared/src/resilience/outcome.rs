@@ -10,8 +10,14 @@ use axum::http::StatusCode;
 pub enum AttemptOutcome {
     /// 2xx or 3xx.
     Success,
-    /// A 4xx other than 429: the request was wrong, not the service.
+    /// A 2xx whose body is unusable (not valid JSON, or over the size cap): the service
+    /// is broken even though its status says otherwise.
+    InvalidResponse,
+    /// A 4xx other than 401, 403 and 429: the request was wrong, not the service.
     Rejected,
+    /// A 401 or 403: the service refuses our own credentials. The caller is misconfigured;
+    /// the same request will not do better, but the calls are failing all the same.
+    CredentialsRefused,
     /// A 5xx.
     ServerError,
     /// A 429; `retry_after` is the upstream's `Retry-After`, when it sent one.
@@ -38,6 +44,7 @@ impl AttemptOutcome {
     pub fn from_status(status: StatusCode, retry_after: Option<Duration>) -> Self {
         match status.as_u16() {
             429 => AttemptOutcome::Throttled { retry_after },
+            401 | 403 => AttemptOutcome::CredentialsRefused,
             400..=499 => AttemptOutcome::Rejected,
             500..=599 => AttemptOutcome::ServerError,
             // 1xx never reaches here through an HTTP client; 2xx and 3xx are successes.
@@ -48,7 +55,9 @@ impl AttemptOutcome {
     pub fn breaker_verdict(self) -> BreakerVerdict {
         match self {
             AttemptOutcome::Success | AttemptOutcome::Rejected => BreakerVerdict::Success,
-            AttemptOutcome::ServerError
+            AttemptOutcome::InvalidResponse
+            | AttemptOutcome::CredentialsRefused
+            | AttemptOutcome::ServerError
             | AttemptOutcome::Throttled { .. }
             | AttemptOutcome::Unreachable
             | AttemptOutcome::TimedOut => BreakerVerdict::Failure,
@@ -60,7 +69,8 @@ impl AttemptOutcome {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            AttemptOutcome::ServerError
+            AttemptOutcome::InvalidResponse
+                | AttemptOutcome::ServerError
                 | AttemptOutcome::Throttled { .. }
                 | AttemptOutcome::Unreachable
                 | AttemptOutcome::TimedOut
@@ -79,7 +89,9 @@ impl AttemptOutcome {
     pub fn class(self) -> &'static str {
         match self {
             AttemptOutcome::Success => "success",
+            AttemptOutcome::InvalidResponse => "invalid_response",
             AttemptOutcome::Rejected => "client_error",
+            AttemptOutcome::CredentialsRefused => "credentials_refused",
             AttemptOutcome::ServerError => "server_error",
             AttemptOutcome::Throttled { .. } => "throttled",
             AttemptOutcome::Unreachable => "unreachable",
@@ -104,6 +116,7 @@ mod tests {
             (from(200), BreakerVerdict::Success, false),
             (from(204), BreakerVerdict::Success, false),
             (from(304), BreakerVerdict::Success, false),
+            (InvalidResponse, Failure, true),
             (from(500), Failure, true),
             (from(502), Failure, true),
             (from(503), Failure, true),
@@ -114,6 +127,8 @@ mod tests {
                 Failure,
                 true,
             ),
+            (from(401), Failure, false),
+            (from(403), Failure, false),
             (from(400), BreakerVerdict::Success, false),
             (from(404), BreakerVerdict::Success, false),
             (from(422), BreakerVerdict::Success, false),
