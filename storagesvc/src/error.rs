@@ -38,8 +38,14 @@ impl IntoResponse for ApiError {
                 error: error @ (DbError::Unavailable(_) | DbError::SchemaNotReady),
                 retry_after,
             } => {
+                // The cause (driver message, address, timeout) is for the log; the caller
+                // gets a fixed sentence that says what to do.
                 tracing::warn!(%error, "answering 503: database unavailable");
-                Problem::unavailable("database-unavailable", error.to_string(), retry_after)
+                Problem::unavailable(
+                    "database-unavailable",
+                    unavailable_detail(retry_after),
+                    retry_after,
+                )
             }
             ApiError::Db {
                 error: DbError::Other(error),
@@ -51,4 +57,12 @@ impl IntoResponse for ApiError {
         };
         problem.into_response()
     }
+}
+
+/// The detail of every `503` for an unavailable database: nothing from the error itself.
+fn unavailable_detail(retry_after: Duration) -> String {
+    format!(
+        "the database is unavailable; nothing was changed, retry after {} s",
+        shared::problem::retry_after_seconds(retry_after)
+    )
 }
