@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use shared::auth::{Credentials, require_credentials};
+use shared::auth::require_credentials;
 use shared::health::{CheckOutcome, Health, HealthCheck};
 use shared::metrics::HttpMetrics;
 use shared::server::{Service, with_common_layers};
@@ -22,6 +22,7 @@ pub struct Application;
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Service> {
         let listener = Service::bind(config.bind_addr).await?;
+        let credentials = config.credentials()?;
 
         let mut registry = Registry::default();
         let http_metrics = HttpMetrics::register(&mut registry);
@@ -34,8 +35,7 @@ impl Application {
         );
         let watcher = tokio::spawn(Arc::clone(&db).watch());
 
-        let credentials = Credentials::new(config.auth_tokens.iter().map(String::as_str));
-        credentials.warn_if_none("AUTH_TOKENS", "/books");
+        credentials.log_modes(Config::CREDENTIAL_VARIABLES, "/books");
 
         let state = AppState {
             db: Arc::clone(&db),
