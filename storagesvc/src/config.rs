@@ -86,6 +86,8 @@ pub struct JwtArgs {
         long,
         env = "AUTH_JWT_PUBLIC_KEY",
         hide_env_values = true,
+        // A PEM begins with `-----BEGIN`: a value, not a flag.
+        allow_hyphen_values = true,
         group = "jwt_key",
         conflicts_with = "auth_jwt_public_key_file",
         requires_all = ["auth_jwt_issuer", "auth_jwt_audience"]
