@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "DB_QUERY_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     pub db_query_timeout: Duration,
 
+    /// Longest wait for the answer to `COMMIT`. A commit is never cut off at the query
+    /// timeout; past this bound its outcome is unknown and the answer is 504. Longer than
+    /// the query timeout, so a database that is merely slow to commit gets time to answer.
+    #[arg(long, env = "DB_COMMIT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub db_commit_timeout: Duration,
+
     /// Size of the connection pool (kept open: a fixed-size pool).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
@@ -172,6 +178,7 @@ mod tests {
                 .unwrap();
         assert_eq!(config.bind_addr, "0.0.0.0:8082".parse().unwrap());
         assert_eq!(config.db_acquire_timeout, Duration::from_millis(500));
+        assert_eq!(config.db_commit_timeout, Duration::from_secs(2));
         assert_eq!(config.db_retry_after, Duration::from_secs(1));
     }
 

@@ -30,6 +30,7 @@ impl Application {
             config.database_url,
             config.db_acquire_timeout,
             config.db_query_timeout,
+            config.db_commit_timeout,
             config.db_max_connections,
             &mut registry,
         );
