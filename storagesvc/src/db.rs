@@ -12,6 +12,16 @@
 //! Both shrink to the caller's deadline (`x-request-timeout-ms`, see `shared::deadline`)
 //! when it is nearer: the caller then reads our 503 instead of timing out on us.
 //!
+//! **A `503` on a write means "not applied".** Every write runs in a transaction
+//! ([`Database::with_transaction`]), single statements included, so there is one moment
+//! where its fate is sealed: `COMMIT`. Until `COMMIT` is sent, a timeout or a broken
+//! connection leaves an open transaction that PostgreSQL rolls back when the connection
+//! closes: nothing was applied, a `503` is the truth. Once `COMMIT` is sent it is not cut
+//! off by the query bound; it gets its own, longer bound (`DB_COMMIT_TIMEOUT`), and if that
+//! passes or the connection breaks before the answer, nobody can know whether the write
+//! was applied: [`DbError::OutcomeUnknown`], a `504`, and the connection is discarded.
+//! An error *answer* to `COMMIT` means PostgreSQL rolled back, so it is not unknown.
+//!
 //! Only connections idle for a while are pinged before use: one used a moment ago is
 //! almost surely alive, and pinging every time would double the round trips per request.
 //! A connection broken since its last use fails its query at once, which is a fast 503.
@@ -26,8 +36,11 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shared::deadline;
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection as _;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions, PgSeverity, Postgres,
+};
 use sqlx::types::Json;
 
 use crate::domain::{Book, IdempotencyKey, NewBook, Page};
@@ -61,6 +74,10 @@ pub enum DbError {
     /// Reachable, but the migrations have not run yet (the service started before it).
     #[error("the database schema is not ready yet: migrations have not run")]
     SchemaNotReady,
+    /// `COMMIT` was sent and no answer came (timeout or broken connection): the write may
+    /// or may not have been applied.
+    #[error("the outcome of a commit is unknown: {0}")]
+    OutcomeUnknown(String),
     /// Anything else: a bug or a broken database, not a passing outage.
     #[error("database error: {0}")]
     Other(String),
@@ -94,6 +111,18 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a failed `COMMIT` leaves the outcome unknown: anything but an error answer of
+/// severity ERROR (after which PostgreSQL has rolled back) — a broken connection, a
+/// protocol failure, or a FATAL that ended the session around the commit.
+fn commit_outcome_unknown(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_none_or(|pg| !matches!(pg.severity(), PgSeverity::Error)),
+        _ => true,
+    }
+}
+
 /// The response of a create, as stored for `Idempotency-Key` replays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedResponse {
@@ -116,6 +145,7 @@ pub struct Database {
     pool: PgPool,
     acquire_timeout: Duration,
     query_timeout: Duration,
+    commit_timeout: Duration,
     schema_ready: AtomicBool,
     /// Last reachability seen by the watcher: one of the `REACHABILITY_*` values.
     reachability: AtomicU8,
@@ -128,6 +158,7 @@ impl Database {
         options: PgConnectOptions,
         acquire_timeout: Duration,
         query_timeout: Duration,
+        commit_timeout: Duration,
         max_connections: u32,
         registry: &mut Registry,
     ) -> Arc<Self> {
@@ -164,6 +195,7 @@ impl Database {
             pool,
             acquire_timeout,
             query_timeout,
+            commit_timeout,
             schema_ready: AtomicBool::new(false),
             reachability: AtomicU8::new(REACHABILITY_UNKNOWN),
             reachable_gauge,
@@ -173,17 +205,82 @@ impl Database {
     /// Runs `operation` on a pooled connection: acquiring is bounded by the pool's acquire
     /// timeout, the operation by the query timeout. A connection whose operation timed out
     /// is in an unknown state (a query may still be running), so it is closed, not reused.
+    /// For reads (and work whose outcome nobody waits for); writes use
+    /// [`Database::with_transaction`].
     async fn with_connection<T>(
         &self,
         operation: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, DbError> {
+        let (mut connection, query_within) = self.acquire().await?;
+        match tokio::time::timeout(query_within, operation(&mut connection)).await {
+            Ok(result) => result.map_err(DbError::from),
+            Err(_) => {
+                drop(connection.detach());
+                Err(DbError::Unavailable(format!(
+                    "no answer within {query_within:?}"
+                )))
+            }
+        }
+    }
+
+    /// Runs `work` in a transaction and commits it, so that a failure is `Unavailable`
+    /// (nothing applied) up to the moment `COMMIT` is sent and `OutcomeUnknown` after it
+    /// (see the module documentation). `work` is bounded by the query timeout, `COMMIT` by
+    /// the commit timeout. On any failure the connection is closed: PostgreSQL then rolls
+    /// back whatever was not committed.
+    async fn with_transaction<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, DbError> {
+        let (mut connection, query_within) = self.acquire().await?;
+        let statements = async {
+            sqlx::query("BEGIN").execute(&mut *connection).await?;
+            work(&mut connection).await
+        };
+        let value = match tokio::time::timeout(query_within, statements).await {
+            Ok(Ok(value)) => value,
+            Ok(Err(err)) => {
+                drop(connection.detach());
+                return Err(DbError::from(err));
+            }
+            Err(_) => {
+                drop(connection.detach());
+                return Err(DbError::Unavailable(format!(
+                    "no answer within {query_within:?}, before the commit"
+                )));
+            }
+        };
+        // From here on the write may be applied at any moment: the commit is waited for,
+        // not abandoned at the query bound, and only a bound of its own ends the wait.
+        let commit_within = deadline::bounded(self.commit_timeout);
+        let commit = sqlx::query("COMMIT").execute(&mut *connection);
+        match tokio::time::timeout(commit_within, commit).await {
+            Ok(Ok(_)) => Ok(value),
+            Ok(Err(err)) if commit_outcome_unknown(&err) => {
+                drop(connection.detach());
+                Err(DbError::OutcomeUnknown(format!(
+                    "the connection failed during COMMIT: {err}"
+                )))
+            }
+            Ok(Err(err)) => Err(DbError::from(err)),
+            Err(_) => {
+                drop(connection.detach());
+                Err(DbError::OutcomeUnknown(format!(
+                    "no answer to COMMIT within {commit_within:?}"
+                )))
+            }
+        }
+    }
+
+    /// A pooled connection within the acquire bound, and the time left for the query.
+    async fn acquire(&self) -> Result<(PoolConnection<Postgres>, Duration), DbError> {
         if !self.schema_ready.load(Ordering::Acquire) {
             return Err(DbError::SchemaNotReady);
         }
         // Each bound shrinks to what is left of the caller's own deadline, if it sent one,
         // so the caller gets this 503 rather than giving up on us first.
         let acquire_within = deadline::bounded(self.acquire_timeout);
-        let mut connection = match tokio::time::timeout(acquire_within, self.pool.acquire()).await {
+        let connection = match tokio::time::timeout(acquire_within, self.pool.acquire()).await {
             Ok(connection) => connection?,
             Err(_) => {
                 return Err(DbError::Unavailable(format!(
@@ -199,15 +296,7 @@ impl Database {
                 "the caller's deadline passed before the query could start".into(),
             ));
         }
-        match tokio::time::timeout(query_within, operation(&mut connection)).await {
-            Ok(result) => result.map_err(DbError::from),
-            Err(_) => {
-                drop(connection.detach());
-                Err(DbError::Unavailable(format!(
-                    "no answer within {query_within:?}"
-                )))
-            }
-        }
+        Ok((connection, query_within))
     }
 
     pub async fn list_books(&self, page: Page) -> Result<Vec<Book>, DbError> {
@@ -236,7 +325,7 @@ impl Database {
     }
 
     pub async fn update_book(&self, id: i64, book: &NewBook) -> Result<Option<Book>, DbError> {
-        self.with_connection(async |connection| {
+        self.with_transaction(async |connection| {
             sqlx::query_as::<_, Book>(
                 r#"UPDATE books SET title = $2, author = $3, "desc" = $4 WHERE id = $1
                    RETURNING id, title, author, "desc""#,
@@ -254,7 +343,7 @@ impl Database {
     /// `true` when a book was deleted, `false` when there was none with that id.
     pub async fn delete_book(&self, id: i64) -> Result<bool, DbError> {
         let result = self
-            .with_connection(async |connection| {
+            .with_transaction(async |connection| {
                 sqlx::query("DELETE FROM books WHERE id = $1")
                     .bind(id)
                     .execute(connection)
@@ -272,22 +361,21 @@ impl Database {
         book: &NewBook,
         key: Option<&IdempotencyKey>,
     ) -> Result<CreateOutcome, DbError> {
-        self.with_connection(async |connection| {
-            let mut tx = connection.begin().await?;
+        self.with_transaction(async |connection| {
             if let Some(key) = key {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                     .bind(key.as_str())
-                    .execute(&mut *tx)
+                    .execute(&mut *connection)
                     .await?;
                 let previous: Option<(bool, String, Vec<u8>)> = sqlx::query_as(
                     "SELECT request = $2, location, response_body FROM idempotency_keys WHERE key = $1",
                 )
                 .bind(key.as_str())
                 .bind(Json(book))
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *connection)
                 .await?;
                 if let Some((same_request, location, body)) = previous {
-                    tx.rollback().await?;
+                    // Nothing was written: the commit only ends the read and the lock.
                     return Ok(if same_request {
                         CreateOutcome::Replayed(CreatedResponse { location, body })
                     } else {
@@ -302,7 +390,7 @@ impl Database {
             .bind(book.title())
             .bind(book.author())
             .bind(book.desc())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *connection)
             .await?;
             let response = CreatedResponse {
                 location: format!("/books/{}", created.id),
@@ -317,10 +405,9 @@ impl Database {
                 .bind(Json(book))
                 .bind(&response.location)
                 .bind(&response.body)
-                .execute(&mut *tx)
+                .execute(&mut *connection)
                 .await?;
             }
-            tx.commit().await?;
             Ok(CreateOutcome::Created(response))
         })
         .await

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use shared::Problem;
 
@@ -30,7 +31,7 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(detail) => Problem::unprocessable(detail),
             ApiError::BadRequest(detail) => Problem::bad_request(detail),
             ApiError::IdempotencyKeyReused => Problem::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
                 "this Idempotency-Key was already used with a different request body",
             ),
@@ -38,8 +39,30 @@ impl IntoResponse for ApiError {
                 error: error @ (DbError::Unavailable(_) | DbError::SchemaNotReady),
                 retry_after,
             } => {
+                // The cause (driver message, address, timeout) is for the log; the caller
+                // gets a fixed sentence that says what to do.
                 tracing::warn!(%error, "answering 503: database unavailable");
-                Problem::unavailable("database-unavailable", error.to_string(), retry_after)
+                Problem::unavailable(
+                    "database-unavailable",
+                    unavailable_detail(retry_after),
+                    retry_after,
+                )
+            }
+            ApiError::Db {
+                error: error @ DbError::OutcomeUnknown(_),
+                ..
+            } => {
+                // Not a 503: that would promise "not applied", and a retry could apply the
+                // write twice. No Retry-After either: the caller should look before it
+                // retries (or retry with the same Idempotency-Key).
+                tracing::warn!(%error, "answering 504: the outcome of a write is unknown");
+                Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "outcome-unknown",
+                    "the database did not confirm the write in time; it may have been applied. \
+                     A PUT or DELETE may be repeated as it is; repeat a POST only with the same \
+                     Idempotency-Key, or read the books first",
+                )
             }
             ApiError::Db {
                 error: DbError::Other(error),
@@ -51,4 +74,12 @@ impl IntoResponse for ApiError {
         };
         problem.into_response()
     }
+}
+
+/// The detail of every `503` for an unavailable database: nothing from the error itself.
+fn unavailable_detail(retry_after: Duration) -> String {
+    format!(
+        "the database is unavailable; nothing was changed, retry after {} s",
+        shared::problem::retry_after_seconds(retry_after)
+    )
 }

@@ -1,12 +1,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use storagesvc::{Application, Config};
+use storagesvc::{Application, Config, hash_password};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     if shared::healthcheck::requested() {
         return Ok(shared::healthcheck::run(Config::DEFAULT_ADMIN_PORT).await);
+    }
+    if hash_password::requested() {
+        return Ok(hash_password::run());
     }
     let config = Config::parse();
     shared::telemetry::init(config.common.log_format)?;

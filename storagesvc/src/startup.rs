@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use shared::auth::{Credentials, require_credentials};
+use shared::auth::require_credentials;
 use shared::health::{CheckOutcome, Health, HealthCheck};
 use shared::metrics::HttpMetrics;
 use shared::server::Service;
@@ -23,6 +23,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Service> {
         let listener = Service::bind(config.bind_addr).await?;
         let admin_listener = Service::bind_admin(config.admin_bind_addr).await?;
+        let credentials = config.credentials()?;
 
         let mut registry = Registry::default();
         let http_metrics = HttpMetrics::register(&mut registry);
@@ -30,13 +31,13 @@ impl Application {
             config.database_url,
             config.db_acquire_timeout,
             config.db_query_timeout,
+            config.db_commit_timeout,
             config.db_max_connections,
             &mut registry,
         );
         let watcher = tokio::spawn(Arc::clone(&db).watch());
 
-        let credentials = Credentials::new(config.auth_tokens.iter().map(String::as_str));
-        credentials.warn_if_none("AUTH_TOKENS", "/books");
+        credentials.log_modes(Config::CREDENTIAL_VARIABLES, "/books");
 
         let state = AppState {
             db: Arc::clone(&db),

@@ -40,6 +40,19 @@ impl TestBooksvc {
         redis_url: &str,
         extra: &[&str],
     ) -> Self {
+        let base_url = Url::parse(&format!("http://{storagesvc}")).unwrap();
+        let client = ServiceClientConfig::new("storagesvc", base_url)
+            .with_auth(AuthConfig::Bearer(Secret::new(TOKEN)));
+        Self::spawn_with_client(client, redis_url, extra).await
+    }
+
+    /// Like [`TestBooksvc::spawn_with_credentials`], with the storagesvc client (address
+    /// and credentials) given whole: to run booksvc with each kind of outbound credential.
+    pub async fn spawn_with_client(
+        client: ServiceClientConfig,
+        redis_url: &str,
+        extra: &[&str],
+    ) -> Self {
         crate::init_test_logging();
         let mut args = vec![
             "booksvc",
@@ -52,9 +65,6 @@ impl TestBooksvc {
         ];
         args.extend_from_slice(extra);
         let config = booksvc::Config::try_parse_from(args).expect("valid test configuration");
-        let base_url = Url::parse(&format!("http://{storagesvc}")).unwrap();
-        let client = ServiceClientConfig::new("storagesvc", base_url)
-            .with_auth(AuthConfig::Bearer(Secret::new(TOKEN)));
         let app = booksvc::Application::build(config, client)
             .await
             .expect("build booksvc");

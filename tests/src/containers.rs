@@ -161,6 +161,53 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Runs `sql` as the superuser in the database container and returns what psql printed
+    /// (unaligned, tuples only).
+    pub async fn psql(&self, sql: &str) -> String {
+        let mut psql = self
+            .container
+            .exec(ExecCommand::new([
+                "psql",
+                "-U",
+                POSTGRES_USER,
+                "-d",
+                POSTGRES_DB,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                sql,
+            ]))
+            .await
+            .expect("psql runs in the database container");
+        let stdout = String::from_utf8(psql.stdout_to_vec().await.unwrap()).unwrap();
+        let stderr = String::from_utf8(psql.stderr_to_vec().await.unwrap()).unwrap();
+        assert_eq!(
+            psql.exit_code().await.unwrap(),
+            Some(0),
+            "psql -c {sql:?} failed: {stderr}"
+        );
+        stdout.trim().to_owned()
+    }
+
+    /// Makes every commit wait for a synchronous standby that does not exist: the commit
+    /// record is written, but `COMMIT` does not answer until the wait is released (a
+    /// client that goes away meanwhile leaves the commit in place). A commit held half-way,
+    /// deterministically.
+    pub async fn hold_commits(&self) {
+        self.psql("ALTER SYSTEM SET synchronous_standby_names = 'absent_standby'")
+            .await;
+        self.psql("SELECT pg_reload_conf()").await;
+    }
+
+    /// Ends [`Postgres::hold_commits`]: held commits complete.
+    pub async fn release_commits(&self) {
+        self.psql("ALTER SYSTEM RESET synchronous_standby_names")
+            .await;
+        self.psql("SELECT pg_reload_conf()").await;
+    }
+}
+
 impl Faults for Postgres {
     fn container(&self) -> &ContainerAsync<GenericImage> {
         &self.container

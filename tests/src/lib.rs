@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod raw_http;
 pub mod server;
 pub mod storagesvc;
+pub mod token_server;
 
 /// Logs of the services under test go to the test output when `TEST_LOG` is set.
 pub fn init_test_logging() {

@@ -194,3 +194,71 @@ async fn a_callers_deadline_shortens_the_wait_for_a_paused_database() {
     })
     .await;
 }
+
+/// Problem bodies say what to do, never what is inside: no driver message, no pool, no
+/// database name or address, whichever route and however the database is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problem_bodies_name_no_internals_while_the_database_is_down() {
+    let db = Postgres::start().await;
+    let app = TestStoragesvc::spawn_ready(&db.url()).await;
+    assert_serves_books(&app).await;
+
+    for fault in ["stop", "pause"] {
+        match fault {
+            "stop" => db.stop().await,
+            _ => db.pause().await,
+        }
+        let book = serde_json::json!({"title": "Leak check", "author": "A. Writer"});
+        for (method, path) in [
+            (reqwest::Method::GET, "/books"),
+            (reqwest::Method::GET, "/books/1"),
+            (reqwest::Method::POST, "/books"),
+            (reqwest::Method::PUT, "/books/1"),
+            (reqwest::Method::DELETE, "/books/2"),
+        ] {
+            let response = app
+                .request(method.clone(), path)
+                .json(&book)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            assert!(
+                status.is_server_error(),
+                "{fault}: {method} {path}: {status}"
+            );
+            let problem = assert_problem(response, status).await;
+            let body = problem.to_string().to_lowercase();
+            for word in ["pool", "connection", "postgres", "sqlx", "timed out"] {
+                assert!(
+                    !body.contains(word),
+                    "{fault}: {method} {path}: `{word}` in {problem}"
+                );
+            }
+            assert!(
+                !contains_ipv4(&body),
+                "{fault}: {method} {path}: an address in {problem}"
+            );
+        }
+        match fault {
+            "stop" => db.start_again().await,
+            _ => db.unpause().await,
+        }
+        eventually(Duration::from_secs(15), "books again", || async {
+            (app.get("/books").await.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Whether `text` holds something shaped like an IPv4 address (four dot-separated numbers).
+fn contains_ipv4(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .any(|word| {
+            let parts: Vec<&str> = word.split('.').collect();
+            parts.len() >= 4
+                && parts
+                    .windows(4)
+                    .any(|w| w.iter().all(|p| !p.is_empty() && p.len() <= 3))
+        })
+}
