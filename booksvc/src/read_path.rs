@@ -127,8 +127,14 @@ pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
         // A 4xx is storagesvc's answer to a wrong request: passed on, never stored.
         Ok(Ok(response)) => forwarded(response, cache_status::forwarded_not_stored()),
         Ok(Err(reason)) => {
+            // The reason may name a token URL or an address: the log has it, the caller not.
             tracing::error!(%reason, "storagesvc cannot be asked");
-            Problem::new(StatusCode::BAD_GATEWAY, "upstream-misconfigured", reason).into_response()
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-misconfigured",
+                "booksvc cannot call storagesvc as configured; the error is in its log",
+            )
+            .into_response()
         }
         Err(failure) => fall_back(&path, &key, failure).await,
     }

@@ -12,10 +12,10 @@ use super::error::ConfigError;
 /// Bound on opening a TCP connection. A connect inside one network takes milliseconds; a
 /// host that swallows SYNs must not hold a call until some outer timeout notices.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long an idle pooled connection is kept. Shorter than the usual server keep-alive
-/// (60 s and more), so the client drops a connection before the server closes it under a
-/// request on its way.
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle pooled connection is kept. Well under the idle limit of our own
+/// servers (`HEADER_READ_TIMEOUT`, 10 s by default, closes an idle keep-alive connection),
+/// so the client drops a connection before the server closes it under a request on its way.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per host: enough for a burst of concurrent calls to reuse them.
 pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
 
