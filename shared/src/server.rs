@@ -461,12 +461,19 @@ mod tests {
         }
     }
 
+    /// Held by each test that captures log lines.
+    static LOG_CAPTURE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn every_log_line_of_a_request_carries_its_request_id() {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::registry()
             .with(crate::telemetry::json_layer(move || writer.clone()));
+        // One capturing subscriber at a time: tracing recomputes its global level filter
+        // whenever a scoped subscriber comes or goes, and a capture running alongside
+        // another one's teardown could then miss a line.
+        let _serial = LOG_CAPTURE.lock().await;
         let _guard = tracing::subscriber::set_default(subscriber);
 
         let routes = Router::new().route(
@@ -649,6 +656,10 @@ mod tests {
         let writer = captured.clone();
         let subscriber = tracing_subscriber::registry()
             .with(crate::telemetry::json_layer(move || writer.clone()));
+        // One capturing subscriber at a time: tracing recomputes its global level filter
+        // whenever a scoped subscriber comes or goes, and a capture running alongside
+        // another one's teardown could then miss a line.
+        let _serial = LOG_CAPTURE.lock().await;
         let _guard = tracing::subscriber::set_default(subscriber);
 
         let response = trace_echo_app().oneshot(request).await.unwrap();
