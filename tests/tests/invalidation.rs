@@ -70,19 +70,13 @@ async fn an_updated_and_a_deleted_book_never_appear_in_a_later_stale_answer_on_a
 
     // Update book 1 and delete book 2 through A.
     let updated = a
-        .http
-        .request(Method::PUT, a.url("/books/1"))
+        .write(Method::PUT, "/books/1")
         .json(&json!({"title": NEW_TITLE, "author": "John Doe", "desc": ""}))
         .send()
         .await
         .unwrap();
     assert_eq!(updated.status(), StatusCode::OK);
-    let deleted = a
-        .http
-        .request(Method::DELETE, a.url("/books/2"))
-        .send()
-        .await
-        .unwrap();
+    let deleted = a.write(Method::DELETE, "/books/2").send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let after = generation().await.expect("a generation in Redis");
     assert_ne!(after, before, "the writes replaced the generation in Redis");
