@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::config::{CommonArgs, parse_duration};
+use shared::config::{CommonArgs, parse_duration, parse_positive_duration};
 
 /// Default of `CACHE_MAX_BODY_BYTES`. A page of 1000 books of ordinary length (a few hundred
 /// bytes each) fits several times over; a page of books near storagesvc's field limits
@@ -112,16 +112,6 @@ impl Config {
     /// The port of the default `ADMIN_BIND_ADDR`, where `healthcheck` looks when it is
     /// unset.
     pub const DEFAULT_ADMIN_PORT: u16 = 9081;
-}
-
-/// A time limit or an interval. Zero is refused: as a limit it would fail every call, and
-/// as an interval the probe's timer would panic and the probe die at start-up while the
-/// service kept running without it.
-fn parse_positive_duration(value: &str) -> Result<Duration, String> {
-    match parse_duration(value)? {
-        Duration::ZERO => Err("must be longer than zero".to_owned()),
-        duration => Ok(duration),
-    }
 }
 
 /// A body cap: at least 2 bytes (the smallest JSON list, `[]`).

@@ -29,7 +29,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// [`parse_duration`], and longer than zero: a zero limit would fail every request.
+/// [`parse_duration`], and longer than zero: a zero limit would fail every request, and a
+/// zero interval would panic a timer (a background probe would die at start-up while the
+/// service kept running without it).
 pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
     match parse_duration(value)? {
         Duration::ZERO => Err("must be longer than zero".to_owned()),

@@ -140,22 +140,8 @@ impl Postgres {
         let query = format!(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application_name}'"
         );
-        let mut psql = self
-            .container
-            .exec(ExecCommand::new([
-                "psql",
-                "-U",
-                POSTGRES_USER,
-                "-d",
-                POSTGRES_DB,
-                "-tAc",
-                &query,
-            ]))
-            .await
-            .expect("psql runs in the database container");
-        let count = String::from_utf8(psql.stdout_to_vec().await.unwrap()).unwrap();
+        let count = self.psql(&query).await;
         count
-            .trim()
             .parse()
             .unwrap_or_else(|_| panic!("a session count from psql, got {count:?}"))
     }
@@ -270,6 +256,22 @@ impl Redis {
             .get_multiplexed_async_connection()
             .await
             .expect("connect to the test Redis")
+    }
+
+    /// How many times Redis has served `command` (lower case, e.g. `setex`), from
+    /// `INFO commandstats`.
+    pub async fn calls_of(&self, command: &str) -> u64 {
+        let mut redis = self.connection().await;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
     }
 
     /// The keys matching `pattern`, counted with `SCAN` (never `KEYS`).

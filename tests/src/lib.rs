@@ -34,6 +34,17 @@ pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
         .map(|value| value.to_str().unwrap().to_owned())
 }
 
+/// A service's `/metrics` page, read from its admin listener at `admin`.
+pub async fn scrape_metrics(http: &reqwest::Client, admin: std::net::SocketAddr) -> String {
+    http.get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("admin /metrics answers")
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The value of `series` (name and labels exactly as rendered) in a Prometheus text page.
 pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {

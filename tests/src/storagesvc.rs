@@ -77,14 +77,7 @@ impl TestStoragesvc {
 
     /// storagesvc's `/metrics` page, from the admin listener.
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("admin /metrics answers")
-            .text()
-            .await
-            .unwrap()
+        crate::scrape_metrics(&self.http, self.admin_address).await
     }
 
     /// The value of one series in storagesvc's `/metrics`.
