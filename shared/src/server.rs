@@ -461,20 +461,48 @@ mod tests {
         }
     }
 
-    /// Held by each test that captures log lines.
-    static LOG_CAPTURE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    thread_local! {
+        static THIS_THREADS_LOGS: std::cell::RefCell<Option<Captured>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// The writer of the test subscriber: the current thread's capture, if it has one.
+    struct ThreadsCapture;
+
+    impl std::io::Write for ThreadsCapture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            THIS_THREADS_LOGS.with(|capture| {
+                if let Some(captured) = capture.borrow_mut().as_mut() {
+                    captured.write_all(buf)?;
+                }
+                Ok(buf.len())
+            })
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Collects the JSON log lines written on this thread from now on (a `#[tokio::test]`
+    /// runs its request on its own thread). One global subscriber serves every test: with
+    /// a scoped subscriber per test, tracing's cached interest of a callsite first reached
+    /// by a test without one races with the next test's registration, and lines go missing.
+    fn capture_logs_of_this_thread() -> Captured {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let subscriber = tracing_subscriber::registry()
+                .with(crate::telemetry::json_layer(|| ThreadsCapture));
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in these tests");
+        });
+        let captured = Captured::default();
+        THIS_THREADS_LOGS.with(|capture| *capture.borrow_mut() = Some(captured.clone()));
+        captured
+    }
 
     #[tokio::test]
     async fn every_log_line_of_a_request_carries_its_request_id() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::registry()
-            .with(crate::telemetry::json_layer(move || writer.clone()));
-        // One capturing subscriber at a time: tracing recomputes its global level filter
-        // whenever a scoped subscriber comes or goes, and a capture running alongside
-        // another one's teardown could then miss a line.
-        let _serial = LOG_CAPTURE.lock().await;
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let captured = capture_logs_of_this_thread();
 
         let routes = Router::new().route(
             "/work",
@@ -581,10 +609,8 @@ mod tests {
     async fn a_request_over_the_request_timeout_is_answered_504() {
         let routes = Router::new().route(
             "/hangs",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                "late"
-            }),
+            // A handler that never answers.
+            get(std::future::pending::<&'static str>),
         );
         let limits = ServerLimits {
             request_timeout: Duration::from_millis(200),
@@ -652,15 +678,7 @@ mod tests {
     /// Sends `request` through `trace_echo_app` and returns the trace ids the handler saw and
     /// the `trace_id` of every log line written meanwhile.
     async fn trace_ids_seen(request: Request<Body>) -> (String, Vec<String>) {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::registry()
-            .with(crate::telemetry::json_layer(move || writer.clone()));
-        // One capturing subscriber at a time: tracing recomputes its global level filter
-        // whenever a scoped subscriber comes or goes, and a capture running alongside
-        // another one's teardown could then miss a line.
-        let _serial = LOG_CAPTURE.lock().await;
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let captured = capture_logs_of_this_thread();
 
         let response = trace_echo_app().oneshot(request).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
