@@ -24,6 +24,7 @@ mod generation;
 mod key;
 mod stored;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,6 +154,35 @@ impl StoreMetrics {
     fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&RefusalLabels { reason }).inc();
     }
+
+    /// `call` within `timeout`. A Redis error or a time-out is counted under `operation`,
+    /// logged with `key`, and comes back as `None`: Redis failing never fails a request.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        timeout: Duration,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                self.redis_error(operation);
+                tracing::warn!(%error, operation, key, "last-good store: Redis failed");
+                None
+            }
+            Err(_) => {
+                self.redis_error(operation);
+                tracing::warn!(
+                    ?timeout,
+                    operation,
+                    key,
+                    "last-good store: Redis did not answer in time"
+                );
+                None
+            }
+        }
+    }
 }
 
 /// The in-memory copy, bounded by `max_bytes` of keys, bodies, content types and
@@ -279,21 +309,7 @@ impl LastGoodStore {
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let write = redis.set_ex::<_, _, ()>(&redis_key, value, ttl);
-            match tokio::time::timeout(timeout, write).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => {
-                    metrics.redis_error("write");
-                    tracing::warn!(error = %err, key = redis_key, "last-good write to Redis failed");
-                }
-                Err(_) => {
-                    metrics.redis_error("write");
-                    tracing::warn!(
-                        ?timeout,
-                        key = redis_key,
-                        "last-good write to Redis timed out"
-                    );
-                }
-            }
+            metrics.bounded("write", &redis_key, timeout, write).await;
             drop(slot);
         });
     }
@@ -322,19 +338,10 @@ impl LastGoodStore {
         let mut read = redis::cmd("MGET");
         read.arg(&redis_key).arg(self.generation_key());
         let read = read.query_async::<(Option<Vec<u8>>, Option<u64>)>(&mut redis);
-        let (value, current) = match tokio::time::timeout(self.config.read_timeout, read).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(err)) => {
-                self.metrics.redis_error("read");
-                tracing::warn!(error = %err, key = redis_key, "last-good read from Redis failed");
-                return None;
-            }
-            Err(_) => {
-                self.metrics.redis_error("read");
-                tracing::warn!(timeout = ?self.config.read_timeout, key = redis_key, "last-good read from Redis timed out");
-                return None;
-            }
-        };
+        let (value, current) = self
+            .metrics
+            .bounded("read", &redis_key, self.config.read_timeout, read)
+            .await?;
         let Some(current) = current else {
             // Redis lost the generation (evicted, restarted): nothing in it can be trusted
             // to postdate the last write until the listener sets a new one.
@@ -377,16 +384,18 @@ impl LastGoodStore {
         self.metrics.invalidations.inc();
         let generation = self.generation.next();
         self.memory.invalidate_all();
-        match tokio::time::timeout(self.config.read_timeout, self.publish(generation)).await {
-            Ok(Ok(())) => self.generation.written(generation),
-            Ok(Err(err)) => {
-                self.metrics.redis_error("invalidate");
-                tracing::warn!(error = %err, "invalidation not written to Redis yet; retrying in the background");
-                self.generation.wake.notify_one();
-            }
-            Err(_) => {
-                self.metrics.redis_error("invalidate");
-                tracing::warn!(timeout = ?self.config.read_timeout, "invalidation not written to Redis in time; retrying in the background");
+        let published = self.publish(generation);
+        let channel = self.invalidation_channel();
+        match self
+            .metrics
+            .bounded("invalidate", &channel, self.config.read_timeout, published)
+            .await
+        {
+            Some(()) => self.generation.written(generation),
+            None => {
+                tracing::warn!(
+                    "invalidation not in Redis yet; the listener writes it when Redis answers"
+                );
                 self.generation.wake.notify_one();
             }
         }
@@ -499,17 +508,13 @@ impl LastGoodStore {
                 .await?;
             Ok::<_, redis::RedisError>(current)
         };
-        match tokio::time::timeout(self.config.write_timeout, sync).await {
-            Ok(Ok(Some(current))) => self.follow_redis(seen, current),
-            Ok(Ok(None)) => {}
-            Ok(Err(err)) => {
-                self.metrics.redis_error("sync");
-                tracing::warn!(error = %err, "cannot read the invalidation generation from Redis");
-            }
-            Err(_) => {
-                self.metrics.redis_error("sync");
-                tracing::warn!("reading the invalidation generation from Redis timed out");
-            }
+        let generation_key = self.generation_key();
+        let synced = self
+            .metrics
+            .bounded("sync", &generation_key, self.config.write_timeout, sync)
+            .await;
+        if let Some(Some(current)) = synced {
+            self.follow_redis(seen, current);
         }
     }
 
