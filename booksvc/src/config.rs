@@ -1,4 +1,4 @@
-//! booksvc's settings: environment variables (DESIGN section 6), each also a flag.
+//! booksvc's settings: environment variables, each also a flag (README's Configuration).
 //! How to reach storagesvc (`STORAGESVC_URL`, `STORAGESVC_*` credentials) is discovered by
 //! the service client, not listed here.
 
@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use resilience::StaleAfter;
 use shared::config::{CommonArgs, parse_duration, parse_positive_duration};
 
 /// Default of `CACHE_MAX_BODY_BYTES`. A page of 1000 books of ordinary length (a few hundred
@@ -42,9 +43,31 @@ pub struct Config {
     #[arg(long, env = "REQUEST_DEADLINE", default_value = "1500ms", value_parser = parse_positive_duration)]
     pub request_deadline: Duration,
 
-    /// Time for one HTTP attempt.
+    /// Longest time for one HTTP attempt. A read's attempt gets 4 × the recent p99
+    /// latency within [ATTEMPT_TIMEOUT_FLOOR, this]; writes and the half-open probe get this.
     #[arg(long, env = "ATTEMPT_TIMEOUT", default_value = "500ms", value_parser = parse_positive_duration)]
     pub attempt_timeout: Duration,
+
+    /// Shortest adaptive attempt timeout of a read. Set it to ATTEMPT_TIMEOUT for a fixed
+    /// timeout.
+    #[arg(long, env = "ATTEMPT_TIMEOUT_FLOOR", default_value = "50ms", value_parser = parse_positive_duration)]
+    pub attempt_timeout_floor: Duration,
+
+    /// When a read that has a stored answer stops waiting for a fresh one: `auto` (3 × the
+    /// recent p99 latency, within 40-80 ms), a duration, or `off` (wait, unless the call
+    /// fails).
+    #[arg(long, env = "STALE_AFTER", default_value = "auto", value_parser = parse_stale_after)]
+    pub stale_after: StaleAfter,
+
+    /// Oldest stored answer served because the fresh one is late (a failure serves any
+    /// stored answer, up to CACHE_TTL).
+    #[arg(long, env = "STALE_WHILE_LATE", default_value = "10m", value_parser = parse_positive_duration)]
+    pub stale_while_late: Duration,
+
+    /// Most calls in flight to storagesvc: the adaptive limit (AIMD, from 20, at least 8)
+    /// never exceeds this; calls beyond the limit are shed, not queued. 0: no limit.
+    #[arg(long, env = "CONCURRENCY_LIMIT_MAX", default_value_t = 200)]
+    pub concurrency_limit_max: usize,
 
     /// Delay before the first retry (doubled for each further one, plus jitter).
     #[arg(long, env = "RETRY_BASE_DELAY", default_value = "50ms", value_parser = parse_duration)]
@@ -124,6 +147,17 @@ fn parse_body_cap(value: &str) -> Result<usize, String> {
     }
 }
 
+/// `STALE_AFTER`: `auto`, `off`, or a duration.
+fn parse_stale_after(value: &str) -> Result<StaleAfter, String> {
+    match value.trim() {
+        "auto" => Ok(StaleAfter::AUTO),
+        "off" => Ok(StaleAfter::Off),
+        duration => parse_positive_duration(duration)
+            .map(StaleAfter::Fixed)
+            .map_err(|err| format!("expected auto, off or a duration: {err}")),
+    }
+}
+
 /// A share, from 0 to 1.
 fn parse_ratio(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
@@ -142,5 +176,20 @@ mod tests {
         assert_eq!(config.auth_tokens, ["a", "b"]);
         let config = Config::try_parse_from(["booksvc"]).unwrap();
         assert!(config.auth_tokens.is_empty());
+    }
+
+    #[test]
+    fn stale_after_is_auto_by_default_or_a_duration_or_off() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(["booksvc"].iter().chain(args)).map(|c| c.stale_after)
+        };
+        assert_eq!(parse(&[]).unwrap(), StaleAfter::AUTO);
+        assert_eq!(
+            parse(&["--stale-after", "250ms"]).unwrap(),
+            StaleAfter::Fixed(Duration::from_millis(250))
+        );
+        assert_eq!(parse(&["--stale-after", "off"]).unwrap(), StaleAfter::Off);
+        let err = parse(&["--stale-after", "soon"]).unwrap_err().to_string();
+        assert!(err.contains("auto, off or a duration"), "{err}");
     }
 }

@@ -3,7 +3,7 @@
 //! A read goes `startup` (router, layers) → `read_path` (`request` parses it, `coalesce`,
 //! then fallback) →
 //! `upstream` (the
-//! service client under `shared::resilience`) → storagesvc, and back through `last_good`
+//! service client under the `resilience` crate) → storagesvc, and back through `last_good`
 //! (stored on success, recalled on failure), marked with `cache_status`. A write goes
 //! `write_path` → `upstream`, never through the store.
 

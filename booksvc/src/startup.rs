@@ -16,20 +16,20 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use resilience::{
+    BreakerConfig, BreakerState, CallLimits, CircuitBreaker, ConcurrencyLimiter, DerivedBound,
+    LimiterConfig, Resilience, RetryBudget, RetryBudgetConfig, RetryPolicy,
+};
 use serde_json::json;
 use shared::auth::{Credentials, require_credentials};
 use shared::client::{ServiceClient, ServiceClientConfig};
 use shared::health::{CheckOutcome, Health, HealthCheck};
 use shared::metrics::HttpMetrics;
-use shared::resilience::{
-    BreakerConfig, BreakerState, CallLimits, CircuitBreaker, Resilience, RetryBudget,
-    RetryBudgetConfig, RetryPolicy,
-};
 use shared::server::Service;
 
 use crate::config::Config;
 use crate::last_good::{LastGoodConfig, LastGoodStore, SigningKey};
-use crate::read_path::{self, ReadPath};
+use crate::read_path::{self, ReadPath, StalePolicy};
 use crate::upstream::Upstream;
 use crate::write_path;
 
@@ -63,21 +63,28 @@ impl Application {
 
         let breaker = breaker(&config, &mut registry);
         let resilience = Resilience {
-            limits: CallLimits {
-                deadline: config.request_deadline,
-                attempt_timeout: config.attempt_timeout,
-            },
-            retry: RetryPolicy {
-                base: config.retry_base_delay,
-                max_retries: config.retry_max,
-                ..Default::default()
-            },
-            budget: Arc::new(RetryBudget::new(RetryBudgetConfig {
-                ratio: config.retry_budget_ratio,
-                ..Default::default()
-            })),
-            breaker,
-            observer: Default::default(),
+            adaptive_timeout: Some(DerivedBound {
+                factor: ATTEMPT_TIMEOUT_FACTOR,
+                floor: config.attempt_timeout_floor,
+                cap: config.attempt_timeout,
+            }),
+            limiter: limiter(config.concurrency_limit_max)?,
+            ..Resilience::new(
+                CallLimits {
+                    deadline: config.request_deadline,
+                    attempt_timeout: config.attempt_timeout,
+                },
+                RetryPolicy {
+                    base: config.retry_base_delay,
+                    max_retries: config.retry_max,
+                    ..Default::default()
+                },
+                RetryBudget::new(RetryBudgetConfig {
+                    ratio: config.retry_budget_ratio,
+                    ..Default::default()
+                }),
+                breaker,
+            )
         };
         let client = ServiceClient::new(
             storagesvc,
@@ -118,7 +125,15 @@ impl Application {
             .optional("redis", RedisCheck(store.clone()))
             .build();
         let state = Routes {
-            read_path: ReadPath::new(upstream.clone(), store.clone(), &mut registry),
+            read_path: ReadPath::new(
+                upstream.clone(),
+                store.clone(),
+                StalePolicy {
+                    stale_after: config.stale_after,
+                    stale_while_late: config.stale_while_late,
+                },
+                &mut registry,
+            ),
             upstream,
             store,
         };
@@ -161,6 +176,28 @@ impl Application {
         );
         Ok(service)
     }
+}
+
+/// A read's attempt timeout is this many times the recent p99 latency (within
+/// `ATTEMPT_TIMEOUT_FLOOR` and `ATTEMPT_TIMEOUT`): far above a healthy answer's time, far
+/// below the fixed timeout, so a hang is recognised within tens of milliseconds.
+const ATTEMPT_TIMEOUT_FACTOR: f64 = 4.0;
+
+/// The adaptive concurrency limit toward storagesvc, or none when `max` is 0.
+fn limiter(max: usize) -> anyhow::Result<Option<ConcurrencyLimiter>> {
+    if max == 0 {
+        return Ok(None);
+    }
+    let defaults = LimiterConfig::default();
+    let config = LimiterConfig {
+        max,
+        min: defaults.min.min(max),
+        initial: defaults.initial.min(max),
+        ..defaults
+    };
+    ConcurrencyLimiter::new(config)
+        .map(Some)
+        .map_err(|err| anyhow::anyhow!("CONCURRENCY_LIMIT_MAX: {err}"))
 }
 
 /// Prefix of booksvc's Redis keys; the version changes with the value format.

@@ -1,5 +1,11 @@
 //! storagesvc as booksvc sees it: the service client under the resilience policies, one
-//! `Resilience::call` per request, each attempt classified by DESIGN table 4.2.
+//! `Resilience::call` per request, each attempt classified by the outcome table
+//! (`docs/architecture.md`).
+//!
+//! Reads and writes share the breaker, the retry budget and the concurrency limit, but not
+//! the attempt timeout: a read's adapts to recent latency (a hang is seen after a few
+//! times the usual latency), a write's stays fixed, since giving up on a write early
+//! leaves its outcome unknown.
 //!
 //! A 2xx is a success only if its body is usable: at most `max_body_bytes` (read no
 //! further than that) and valid JSON (a `204` may be empty). Anything else is an
@@ -13,17 +19,20 @@ use std::time::{Duration, SystemTime};
 use axum::body::Bytes;
 use axum::http::header::HeaderName;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use resilience::{
+    AttemptObserver, AttemptOutcome, Attempted, CallError, ConcurrencyLimiter, LatencyTracker,
+    Resilience, RetryDecision, parse_retry_after,
+};
 use shared::client::{ClientError, ServiceClient, TokenError};
 use shared::deadline::REQUEST_TIMEOUT_HEADER;
 use shared::metrics::latency_histogram;
-use shared::resilience::{
-    AttemptObserver, AttemptOutcome, Attempted, CallError, Resilience, RetryDecision,
-    parse_retry_after,
-};
+use std::sync::Arc;
 
 /// storagesvc's answer to a write that repeats an `Idempotency-Key`: the response is the
 /// one stored for the first request, not a second write.
@@ -36,6 +45,10 @@ const PASSED_ON: [HeaderName; 4] = [
     header::RETRY_AFTER,
     IDEMPOTENT_REPLAYED,
 ];
+
+/// `Retry-After` of a `503` for a call the concurrency limit refused: the limit frees up
+/// as calls in flight end, within one attempt timeout.
+pub const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A complete upstream answer (the body is read inside the attempt, so the attempt
 /// timeout covers it too).
@@ -123,11 +136,43 @@ struct RefusalLabels {
     reason: &'static str,
 }
 
+/// The limit and the calls in flight, read at each scrape.
+#[derive(Debug)]
+struct LimiterGauges(ConcurrencyLimiter);
+
+impl Collector for LimiterGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauges = [
+            (
+                "upstream_concurrency_limit",
+                "The adaptive limit on calls in flight to storagesvc",
+                self.0.limit(),
+            ),
+            (
+                "upstream_in_flight",
+                "Calls to storagesvc in flight (each holds one slot of the limit)",
+                self.0.in_flight(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 /// storagesvc behind the policies; cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
     client: ServiceClient,
+    /// The policies of reads.
     resilience: Resilience,
+    /// The policies of writes: the same breaker, budget and limit, a fixed attempt timeout.
+    writes: Resilience,
+    /// Calls refused by the concurrency limit.
+    shed: Counter,
     /// Largest body accepted from storagesvc (`CACHE_MAX_BODY_BYTES`).
     max_body_bytes: usize,
 }
@@ -148,7 +193,7 @@ impl Upstream {
         let refused = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "upstream_attempts",
-            "HTTP attempts to storagesvc, by outcome class (table 4.2)",
+            "HTTP attempts to storagesvc, by outcome class (see the outcome table)",
             attempts.clone(),
         );
         registry.register(
@@ -190,9 +235,25 @@ impl Upstream {
                     .inc();
             }
         });
+        let shed = Counter::default();
+        registry.register(
+            "upstream_shed",
+            "Calls to storagesvc refused by the concurrency limit (answered from the store or 503)",
+            shed.clone(),
+        );
+        if let Some(limiter) = &resilience.limiter {
+            registry.register_collector(Box::new(LimiterGauges(limiter.clone())));
+        }
+        let writes = Resilience {
+            adaptive_timeout: None,
+            latency: Arc::new(LatencyTracker::new()),
+            ..resilience.clone()
+        };
         Self {
             client,
             resilience,
+            writes,
+            shed,
             max_body_bytes,
         }
     }
@@ -205,29 +266,32 @@ impl Upstream {
         &self.resilience
     }
 
-    /// `GET path_and_query` under deadline, retries, breaker and attempt timeout.
-    pub async fn get(&self, path_and_query: &str) -> Result<AttemptValue, CallError<AttemptValue>> {
+    /// `GET path_and_query` under the read policies (limit, deadline, retries, breaker,
+    /// adaptive attempt timeout); `on_failed_attempt` hears of each failed attempt at once.
+    pub async fn get_watched(
+        &self,
+        path_and_query: &str,
+        on_failed_attempt: impl FnMut(AttemptOutcome),
+    ) -> Result<AttemptValue, CallError<AttemptValue>> {
         let request = UpstreamRequest {
             method: Method::GET,
             path_and_query: path_and_query.to_owned(),
             headers: HeaderMap::new(),
             body: None,
         };
-        self.send(&request, Retries::Allowed).await
+        let tally = DeliveryTally::default();
+        let attempt = |budget| self.attempt(&request, budget, &tally);
+        let result = self
+            .resilience
+            .call_watched(attempt, on_failed_attempt)
+            .await;
+        self.count_shed(&result);
+        result
     }
 
-    /// Any request, under deadline, breaker and attempt timeout, and retried only when
-    /// `retries` allows it.
-    pub async fn send(
-        &self,
-        request: &UpstreamRequest,
-        retries: Retries,
-    ) -> Result<AttemptValue, CallError<AttemptValue>> {
-        self.send_tracked(request, retries).await.0
-    }
-
-    /// [`Upstream::send`], also saying whether storagesvc may have received the request:
-    /// the write path answers `503` ("not applied") only when nothing was sent.
+    /// A write under the write policies, retried only when `retries` allows it, also
+    /// saying whether storagesvc may have received it: the write path answers `503`
+    /// ("not applied") only when nothing was sent.
     pub async fn send_tracked(
         &self,
         request: &UpstreamRequest,
@@ -236,10 +300,17 @@ impl Upstream {
         let tally = DeliveryTally::default();
         let attempt = |budget| self.attempt(request, budget, &tally);
         let result = match retries {
-            Retries::Allowed => self.resilience.call(attempt).await,
-            Retries::Never => self.resilience.call_once(attempt).await,
+            Retries::Allowed => self.writes.call(attempt).await,
+            Retries::Never => self.writes.call_once(attempt).await,
         };
+        self.count_shed(&result);
         (result, tally.delivery())
+    }
+
+    fn count_shed<T>(&self, result: &Result<T, CallError<T>>) {
+        if matches!(result, Err(CallError::Shed)) {
+            self.shed.inc();
+        }
     }
 
     async fn attempt(

@@ -30,9 +30,9 @@ use axum::extract::State;
 use axum::http::header::HeaderName;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use resilience::{AttemptOutcome, CallError};
 use shared::Problem;
 use shared::extract::Body;
-use shared::resilience::{AttemptOutcome, CallError};
 
 use crate::cache_status;
 use crate::last_good::LastGoodStore;
@@ -106,7 +106,7 @@ pub async fn write(
 fn may_have_been_applied(result: &Result<AttemptValue, CallError<AttemptValue>>) -> bool {
     match result {
         Ok(Ok(response)) => response.status.is_success(),
-        Ok(Err(_)) | Err(CallError::BreakerOpen(_)) => false,
+        Ok(Err(_)) | Err(CallError::BreakerOpen(_) | CallError::Shed) => false,
         Err(CallError::Failed {
             last: Some(Ok(response)),
             ..
@@ -142,6 +142,15 @@ fn failed(
                     open.retry_in
                 ),
                 open.retry_in,
+            )
+            .into_response()
+        }
+        CallError::Shed => {
+            tracing::warn!(%target, "write refused: too many calls to storagesvc in flight");
+            Problem::unavailable(
+                "storagesvc-overloaded",
+                "too many calls to storagesvc are in flight; the write was not sent",
+                crate::upstream::SHED_RETRY_AFTER,
             )
             .into_response()
         }

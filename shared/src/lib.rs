@@ -17,7 +17,6 @@ pub mod health;
 pub mod healthcheck;
 pub mod metrics;
 pub mod problem;
-pub mod resilience;
 pub mod server;
 pub mod telemetry;
 pub mod trace_context;

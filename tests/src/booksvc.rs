@@ -15,6 +15,11 @@ use crate::storagesvc::{TOKEN, test_http_client};
 /// the one booksvc presents to storagesvc ([`TOKEN`]).
 pub const WRITER_TOKEN: &str = "test-writer-token";
 
+/// The `STALE_AFTER` of the test instances unless a test sets its own. The default
+/// (`auto`, 40-80 ms) would turn a fresh answer that is merely slow on a busy test machine
+/// into a stale one; tests of that bound pass `--stale-after` themselves.
+pub const TEST_STALE_AFTER: &str = "1s";
+
 /// A running booksvc. Dropping it stops the server.
 pub struct TestBooksvc {
     pub address: SocketAddr,
@@ -63,6 +68,9 @@ impl TestBooksvc {
             "--redis-url",
             redis_url,
         ];
+        if !extra.contains(&"--stale-after") {
+            args.extend(["--stale-after", TEST_STALE_AFTER]);
+        }
         args.extend_from_slice(extra);
         let config = booksvc::Config::try_parse_from(args).expect("valid test configuration");
         let app = booksvc::Application::build(config, client)
@@ -134,6 +142,13 @@ impl TestBooksvc {
     /// `breaker_transitions_total{from="closed",to="open"}`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         metric_value(&self.metrics().await, series)
+    }
+
+    /// Reads answered from the store (all reasons) with `source` `memory`, `redis` or
+    /// `none` (nothing stored: 503).
+    pub async fn fallbacks_from(&self, source: &str) -> f64 {
+        let label = format!(r#"source="{source}""#);
+        crate::metric_sum(&self.metrics().await, "fallback_answers_total", &label)
     }
 
     pub async fn stop(self) {

@@ -7,6 +7,7 @@ pub mod booksvc;
 pub mod containers;
 pub mod counting_proxy;
 pub mod logs;
+pub mod partition;
 pub mod poll;
 pub mod process;
 pub mod proxy;
@@ -43,6 +44,32 @@ pub async fn scrape_metrics(http: &reqwest::Client, admin: std::net::SocketAddr)
         .text()
         .await
         .unwrap()
+}
+
+/// Whether a `Cache-Status` marks an answer served from booksvc's store, for any reason
+/// (`upstream-unavailable`, `upstream-late`, `breaker-open`, `shed`).
+pub fn is_stale(cache_status: Option<&str>) -> bool {
+    cache_status.is_some_and(|status| status.starts_with("booksvc; hit; detail="))
+}
+
+/// The `Cache-Status` of an answer served from booksvc's store for reason `why`.
+pub fn stale_because(why: &str) -> String {
+    format!("booksvc; hit; detail={why}")
+}
+
+/// The sum of every series of metric `name` whose labels include `label` (as rendered,
+/// e.g. `source="memory"`), 0 if there is none.
+pub fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let labels_and_value = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = labels_and_value.split_once("} ")?;
+            labels
+                .contains(label)
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// The value of `series` (name and labels exactly as rendered) in a Prometheus text page.

@@ -15,6 +15,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::json;
 use system_tests::booksvc::{REQUEST_DEADLINE, TestBooksvc, WRITER_TOKEN};
 use system_tests::containers::{Faults, Postgres, Redis};
+use system_tests::is_stale;
 use system_tests::proxy::HoldingProxy;
 use system_tests::storagesvc::{TOKEN, TestStoragesvc, assert_problem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -329,10 +330,8 @@ async fn database_down_a_write_answers_503_quickly_and_never_from_the_cache() {
     // The reads of the same paths are still served, stale, from the store.
     let stale = booksvc.get("/books/1").await;
     assert_eq!(stale.status(), StatusCode::OK);
-    assert_eq!(
-        header(&stale, "cache-status").as_deref(),
-        Some("booksvc; hit; detail=upstream-unavailable")
-    );
+    let cache_status = header(&stale, "cache-status");
+    assert!(is_stale(cache_status.as_deref()), "{cache_status:?}");
 }
 
 /// The three writes, each with a valid body where it takes one.

@@ -11,9 +11,9 @@ use redis::AsyncCommands;
 use reqwest::StatusCode;
 use system_tests::booksvc::TestBooksvc;
 use system_tests::containers::{Postgres, Redis};
-use system_tests::header;
 use system_tests::poll::eventually;
 use system_tests::storagesvc::{TestStoragesvc, assert_problem};
+use system_tests::{header, is_stale};
 
 const SIGNING_KEY: &str = "the booksvc signing key of the tests";
 
@@ -174,10 +174,8 @@ async fn a_value_planted_in_redis_under_a_booksvc_key_is_never_served() {
     // The genuine value another replica wrote is served, stale, byte for byte...
     let stale = reader.get("/books/2").await;
     assert_eq!(stale.status(), StatusCode::OK);
-    assert_eq!(
-        header(&stale, "cache-status").as_deref(),
-        Some("booksvc; hit; detail=upstream-unavailable")
-    );
+    let cache_status = header(&stale, "cache-status");
+    assert!(is_stale(cache_status.as_deref()), "{cache_status:?}");
     assert_eq!(stale.bytes().await.unwrap(), fresh);
     // ... and none of the planted ones: nothing trustworthy is stored, so 503.
     for (target, _) in &plants {

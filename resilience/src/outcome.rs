@@ -1,9 +1,10 @@
-//! What one attempt's result means to the breaker and to the retry loop: DESIGN table 4.2,
-//! written once as data so the whole table can be read (and tested) in one place.
+//! What one attempt's result means to the breaker, the retry loop and the concurrency
+//! limit: the outcome table of `docs/architecture.md`, written once as data so the whole
+//! table can be read (and tested) in one place.
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use http::StatusCode;
 
 /// The class of one upstream attempt's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,18 @@ impl AttemptOutcome {
         )
     }
 
+    /// Whether the upstream is likely overloaded: it timed out, throttled us or failed with
+    /// a 5xx. The concurrency limit shrinks on these; a refused connection or a broken
+    /// answer says nothing about load.
+    pub fn is_overload_signal(self) -> bool {
+        matches!(
+            self,
+            AttemptOutcome::TimedOut
+                | AttemptOutcome::Throttled { .. }
+                | AttemptOutcome::ServerError
+        )
+    }
+
     /// A delay the upstream asked for, which replaces the backoff when it fits the deadline.
     pub fn requested_delay(self) -> Option<Duration> {
         match self {
@@ -109,7 +122,7 @@ mod tests {
 
     const SECOND: Option<Duration> = Some(Duration::from_secs(1));
 
-    /// DESIGN table 4.2, row by row: (outcome, breaker, retried).
+    /// The outcome table, row by row: (outcome, breaker, retried).
     #[test]
     fn classification_table() {
         let table = [

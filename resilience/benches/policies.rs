@@ -3,17 +3,16 @@
 //! `Resilience::call` around an attempt that succeeds at once. The target is at most 1 µs
 //! per call, so the policies stay invisible next to a network round trip.
 //!
-//! Run with `cargo bench -p shared --bench resilience`.
+//! Run with `cargo bench -p resilience --bench policies`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use criterion::{Criterion, criterion_group, criterion_main};
-use shared::resilience::{
-    AttemptObserver, AttemptOutcome, Attempted, BreakerConfig, BreakerState, BreakerVerdict,
-    CallError, CallLimits, CircuitBreaker, Resilience, RetryBudget, RetryBudgetConfig, RetryPolicy,
+use http::StatusCode;
+use resilience::{
+    AttemptOutcome, Attempted, BreakerConfig, BreakerState, BreakerVerdict, CallError, CallLimits,
+    CircuitBreaker, Resilience, RetryBudget, RetryBudgetConfig, RetryPolicy,
 };
 
 fn breaker(c: &mut Criterion) {
@@ -107,13 +106,12 @@ async fn succeed(_budget: Duration) -> Attempted<u32> {
 }
 
 fn resilience(breaker: CircuitBreaker) -> Resilience {
-    Resilience {
-        limits: CallLimits::default(),
-        retry: RetryPolicy::default(),
-        budget: Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+    Resilience::new(
+        CallLimits::default(),
+        RetryPolicy::default(),
+        RetryBudget::new(RetryBudgetConfig::default()),
         breaker,
-        observer: AttemptObserver::default(),
-    }
+    )
 }
 
 /// A breaker opened by consecutive failures, staying open for `open_for`.

@@ -1,20 +1,22 @@
-//! One upstream call under every policy, in the order of DESIGN 4.1 (steps 3 to 6):
-//! deadline → retry (with budget) → circuit breaker → attempt timeout.
+//! One upstream call under every policy, in the order the read path applies them:
+//! concurrency limit → deadline → retry (with budget) → circuit breaker → attempt timeout.
 //!
 //! The attempt itself (an HTTP request, usually) is a closure, so this file holds only the
-//! policy and can be tested with a scripted upstream and paused time.
+//! policy and can be tested with a scripted upstream and paused time. The retry step is a
+//! plain loop: every decision (ask the breaker, time the attempt, retry or not, how long to
+//! wait) is written where it is taken.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use tokio::time::Instant;
 
-use super::breaker::{BreakerOpen, BreakerState, CircuitBreaker};
-use super::budget::RetryBudget;
-use super::outcome::AttemptOutcome;
+use crate::breaker::{BreakerOpen, BreakerPermit, BreakerState, CircuitBreaker};
+use crate::budget::RetryBudget;
+use crate::latency::{DerivedBound, LatencyTracker};
+use crate::limiter::ConcurrencyLimiter;
+use crate::outcome::{AttemptOutcome, BreakerVerdict};
 
 /// Exponential backoff with jitter for retries of transient failures.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,14 +38,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// backon's schedule: `base × factor^n`, plus a random jitter of up to the same again,
-    /// so clients that failed together do not retry together.
-    fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(self.base)
-            .with_factor(self.factor)
-            .with_max_times(self.max_retries)
-            .with_jitter()
+    /// The wait before retry number `retry` (0 for the first), `None` once the retries are
+    /// used up: `base × factor^retry`, plus a random jitter of up to the same again, so
+    /// clients that failed together do not retry together.
+    pub fn backoff(&self, retry: usize) -> Option<Duration> {
+        if retry >= self.max_retries {
+            return None;
+        }
+        let exponent = i32::try_from(retry).unwrap_or(i32::MAX);
+        let delay = crate::scaled(self.base, f64::from(self.factor).powi(exponent));
+        Some(delay.saturating_add(crate::scaled(delay, fastrand::f64())))
     }
 }
 
@@ -52,7 +56,8 @@ impl RetryPolicy {
 pub struct CallLimits {
     /// Everything, retries and waits included, ends within this.
     pub deadline: Duration,
-    /// One attempt ends within this (or within what is left of the deadline, if less).
+    /// One attempt ends within this (or within what is left of the deadline, if less). With
+    /// an adaptive timeout, this is its ceiling and the half-open probe's timeout.
     pub attempt_timeout: Duration,
 }
 
@@ -79,6 +84,8 @@ pub struct Attempted<T> {
 pub enum CallError<T> {
     /// Refused by the open breaker; nothing was sent.
     BreakerOpen(BreakerOpen),
+    /// Refused by the concurrency limit; nothing was sent.
+    Shed,
     /// The last attempt failed and no retry was allowed (retries used up, budget spent,
     /// deadline too close, breaker opened). `last` is that attempt's value, or `None` when
     /// it timed out.
@@ -87,6 +94,13 @@ pub enum CallError<T> {
         last: Option<T>,
         attempts: usize,
     },
+}
+
+impl<T> CallError<T> {
+    /// Refused before anything was sent: the breaker or the limit said no.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, CallError::BreakerOpen(_) | CallError::Shed)
+    }
 }
 
 /// Why no retry followed a failed, retryable attempt.
@@ -180,6 +194,14 @@ pub struct Resilience {
     pub retry: RetryPolicy,
     pub budget: Arc<RetryBudget>,
     pub breaker: CircuitBreaker,
+    /// Recent healthy latency of this upstream: the adaptive attempt timeout's input, and
+    /// the stale-after bound's.
+    pub latency: Arc<LatencyTracker>,
+    /// `Some`: each attempt's timeout is derived from `latency` (its cap is
+    /// `limits.attempt_timeout`); `None`: every attempt gets `limits.attempt_timeout`.
+    pub adaptive_timeout: Option<DerivedBound>,
+    /// `None`: no limit on the calls in flight.
+    pub limiter: Option<ConcurrencyLimiter>,
     pub observer: AttemptObserver,
 }
 
@@ -187,19 +209,52 @@ pub struct Resilience {
 struct Failure<T> {
     outcome: AttemptOutcome,
     last: Option<T>,
-    breaker_open: Option<BreakerOpen>,
 }
 
 impl Resilience {
-    /// Runs `attempt` under the deadline, retries, breaker and attempt timeout. The closure
-    /// receives the time this attempt may take, to pass upstream (so the callee can give
-    /// up on work nobody will wait for).
+    /// The policies with their defaults around `breaker`: fixed attempt timeout, no limit.
+    pub fn new(
+        limits: CallLimits,
+        retry: RetryPolicy,
+        budget: RetryBudget,
+        breaker: CircuitBreaker,
+    ) -> Self {
+        Self {
+            limits,
+            retry,
+            budget: Arc::new(budget),
+            breaker,
+            latency: Arc::new(LatencyTracker::new()),
+            adaptive_timeout: None,
+            limiter: None,
+            observer: AttemptObserver::default(),
+        }
+    }
+
+    /// Runs `attempt` under the limit, deadline, retries, breaker and attempt timeout. The
+    /// closure receives the time this attempt may take, to pass upstream (so the callee can
+    /// give up on work nobody will wait for).
     pub async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, CallError<T>>
     where
         F: Fn(Duration) -> Fut,
         Fut: Future<Output = Attempted<T>>,
     {
-        self.call_with(self.retry, attempt).await
+        self.run(self.retry, attempt, |_| {}).await
+    }
+
+    /// Like [`call`](Self::call), and tells `on_failed_attempt` of each failed attempt as
+    /// soon as it fails, before any retry: a caller with another answer in hand need not
+    /// wait for the retries.
+    pub async fn call_watched<T, F, Fut>(
+        &self,
+        attempt: F,
+        on_failed_attempt: impl FnMut(AttemptOutcome),
+    ) -> Result<T, CallError<T>>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = Attempted<T>>,
+    {
+        self.run(self.retry, attempt, on_failed_attempt).await
     }
 
     /// Like [`call`](Self::call), but never retries: for a request that is not safe to
@@ -213,64 +268,111 @@ impl Resilience {
             max_retries: 0,
             ..self.retry
         };
-        self.call_with(no_retries, attempt).await
+        self.run(no_retries, attempt, |_| {}).await
     }
 
-    async fn call_with<T, F, Fut>(&self, retry: RetryPolicy, attempt: F) -> Result<T, CallError<T>>
+    /// The concurrency limit around the retry loop: a refused call sends nothing.
+    async fn run<T, F, Fut>(
+        &self,
+        retry: RetryPolicy,
+        attempt: F,
+        on_failed_attempt: impl FnMut(AttemptOutcome),
+    ) -> Result<T, CallError<T>>
     where
         F: Fn(Duration) -> Fut,
         Fut: Future<Output = Attempted<T>>,
     {
-        let deadline = super::instant_after(Instant::now(), self.limits.deadline);
-        // Atomic rather than a `Cell` so the call stays `Send` (it is awaited in handlers).
-        let attempts = AtomicUsize::new(0);
-        self.budget.record_request();
+        let Some(limiter) = &self.limiter else {
+            return self.retry_loop(retry, attempt, on_failed_attempt).await;
+        };
+        let Some(slot) = limiter.try_acquire() else {
+            tracing::debug!("concurrency limit reached: call shed");
+            return Err(CallError::Shed);
+        };
+        let result = self.retry_loop(retry, attempt, on_failed_attempt).await;
+        let overloaded = match &result {
+            Err(CallError::Failed { outcome, .. }) => outcome.is_overload_signal(),
+            _ => false,
+        };
+        slot.record(overloaded);
+        result
+    }
 
-        let result = (|| {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt_once(deadline, &attempt)
-        })
-        .retry(retry.backoff())
-        .sleep(tokio::time::sleep)
-        .when(|failure: &Failure<T>| {
-            failure.outcome.is_retryable() && failure.breaker_open.is_none()
-        })
-        .adjust(|failure: &Failure<T>, backoff: Option<Duration>| {
-            let decision = self.retry_decision(failure.outcome, backoff, deadline);
+    async fn retry_loop<T, F, Fut>(
+        &self,
+        retry: RetryPolicy,
+        attempt: F,
+        mut on_failed_attempt: impl FnMut(AttemptOutcome),
+    ) -> Result<T, CallError<T>>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = Attempted<T>>,
+    {
+        let deadline = crate::instant_after(Instant::now(), self.limits.deadline);
+        self.budget.record_request();
+        let mut retries = 0;
+        let mut previous: Option<Failure<T>> = None;
+        loop {
+            // The breaker is asked before every attempt. Refused on the first: the caller
+            // falls back at once. Refused on a retry (another call is the half-open probe):
+            // the call ends with the failure it had.
+            let permit = match self.breaker.try_acquire() {
+                Ok(permit) => permit,
+                Err(open) => {
+                    return Err(match previous {
+                        None => CallError::BreakerOpen(open),
+                        Some(failure) => CallError::Failed {
+                            outcome: failure.outcome,
+                            last: failure.last,
+                            attempts: retries,
+                        },
+                    });
+                }
+            };
+            let failure = match self.attempt_once(permit, deadline, &attempt).await {
+                Ok(value) => return Ok(value),
+                Err(failure) => failure,
+            };
+            on_failed_attempt(failure.outcome);
+            let attempts = retries + 1;
+            if !failure.outcome.is_retryable() {
+                return Err(CallError::Failed {
+                    outcome: failure.outcome,
+                    last: failure.last,
+                    attempts,
+                });
+            }
+            let decision = self.retry_decision(retry, retries, failure.outcome, deadline);
             self.observer.retry(failure.outcome, decision);
             match decision {
                 RetryDecision::Retry { delay } => {
                     tracing::debug!(?delay, outcome = failure.outcome.class(), "retrying");
-                    Some(delay)
+                    tokio::time::sleep(delay).await;
                 }
                 RetryDecision::Refused(reason) => {
                     tracing::debug!(reason = reason.as_str(), "no retry");
-                    None
+                    return Err(CallError::Failed {
+                        outcome: failure.outcome,
+                        last: failure.last,
+                        attempts,
+                    });
                 }
             }
-        })
-        .await;
-
-        let attempts = attempts.load(Ordering::Relaxed);
-        result.map_err(|failure| match failure.breaker_open {
-            Some(open) if attempts == 1 => CallError::BreakerOpen(open),
-            _ => CallError::Failed {
-                outcome: failure.outcome,
-                last: failure.last,
-                attempts,
-            },
-        })
+            retries += 1;
+            previous = Some(failure);
+        }
     }
 
     /// Whether a failed, retryable attempt is followed by another, and after how long.
-    /// `backoff` is the policy's next delay, `None` once its retries are used up.
+    /// `retries` is how many retries this call has made so far.
     fn retry_decision(
         &self,
+        retry: RetryPolicy,
+        retries: usize,
         outcome: AttemptOutcome,
-        backoff: Option<Duration>,
         deadline: Instant,
     ) -> RetryDecision {
-        let Some(backoff) = backoff else {
+        let Some(backoff) = retry.backoff(retries) else {
             return RetryDecision::Refused(RetryRefusal::Exhausted);
         };
         // The upstream's own delay (429 + Retry-After) replaces the backoff.
@@ -280,7 +382,7 @@ impl Resilience {
         }
         // Compared as durations, never summed onto the clock: `delay` is the upstream's.
         let time_left = deadline.saturating_duration_since(Instant::now());
-        if delay.saturating_add(self.limits.attempt_timeout) > time_left {
+        if delay.saturating_add(self.attempt_timeout(false)) > time_left {
             return RetryDecision::Refused(RetryRefusal::Deadline);
         }
         // Asked last: a refused retry for another reason does not spend the budget.
@@ -290,44 +392,53 @@ impl Resilience {
         RetryDecision::Retry { delay }
     }
 
-    async fn attempt_once<T, F, Fut>(&self, deadline: Instant, attempt: &F) -> Result<T, Failure<T>>
+    /// How long the next attempt may take. The half-open probe gets the full timeout: it
+    /// decides whether the breaker closes, and a recovering upstream may be slow at first.
+    fn attempt_timeout(&self, probe: bool) -> Duration {
+        match self.adaptive_timeout {
+            Some(bound) if !probe => bound
+                .from_p99(self.latency.p99())
+                .min(self.limits.attempt_timeout),
+            _ => self.limits.attempt_timeout,
+        }
+    }
+
+    async fn attempt_once<T, F, Fut>(
+        &self,
+        permit: BreakerPermit,
+        deadline: Instant,
+        attempt: &F,
+    ) -> Result<T, Failure<T>>
     where
         F: Fn(Duration) -> Fut,
         Fut: Future<Output = Attempted<T>>,
     {
-        let permit = self.breaker.try_acquire().map_err(|open| Failure {
-            outcome: AttemptOutcome::Unreachable,
-            last: None,
-            breaker_open: Some(open),
-        })?;
         let started = Instant::now();
-        let budget = self
-            .limits
-            .attempt_timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(budget, attempt(budget)).await {
-            Ok(attempted) => {
-                self.observer.attempt(attempted.outcome, started.elapsed());
-                permit.record(attempted.outcome.breaker_verdict(), attempted.retry_after);
-                match attempted.outcome.breaker_verdict() {
-                    super::BreakerVerdict::Failure => Err(Failure {
-                        outcome: attempted.outcome,
-                        last: Some(attempted.value),
-                        breaker_open: None,
-                    }),
-                    _ => Ok(attempted.value),
-                }
-            }
-            Err(_) => {
-                let outcome = AttemptOutcome::TimedOut;
-                self.observer.attempt(outcome, started.elapsed());
-                permit.record(outcome.breaker_verdict(), None);
-                Err(Failure {
-                    outcome,
-                    last: None,
-                    breaker_open: None,
-                })
-            }
+        let timeout = self
+            .attempt_timeout(permit.is_probe())
+            .min(deadline.saturating_duration_since(started));
+        let (outcome, retry_after, value) =
+            match tokio::time::timeout(timeout, attempt(timeout)).await {
+                Ok(attempted) => (
+                    attempted.outcome,
+                    attempted.retry_after,
+                    Some(attempted.value),
+                ),
+                Err(_) => (AttemptOutcome::TimedOut, None, None),
+            };
+        let took = started.elapsed();
+        self.observer.attempt(outcome, took);
+        if matches!(
+            outcome,
+            AttemptOutcome::Success | AttemptOutcome::Rejected | AttemptOutcome::TimedOut
+        ) {
+            self.latency.record(took);
+        }
+        let verdict = outcome.breaker_verdict();
+        permit.record(verdict, retry_after);
+        match (verdict, value) {
+            (BreakerVerdict::Failure, last) | (_, last @ None) => Err(Failure { outcome, last }),
+            (_, Some(value)) => Ok(value),
         }
     }
 }
@@ -338,7 +449,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::resilience::{BreakerConfig, RetryBudgetConfig};
+    use crate::latency::DerivedBound;
+    use crate::{BreakerConfig, RetryBudgetConfig};
     use AttemptOutcome::*;
 
     /// A scripted upstream: each attempt takes the next (latency, outcome) and records when
@@ -385,13 +497,12 @@ mod tests {
     }
 
     fn resilience() -> Resilience {
-        Resilience {
-            limits: CallLimits::default(),
-            retry: RetryPolicy::default(),
-            budget: Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
-            breaker: CircuitBreaker::new(BreakerConfig::default()),
-            observer: AttemptObserver::default(),
-        }
+        Resilience::new(
+            CallLimits::default(),
+            RetryPolicy::default(),
+            RetryBudget::new(RetryBudgetConfig::default()),
+            CircuitBreaker::new(BreakerConfig::default()),
+        )
     }
 
     async fn run(
@@ -527,7 +638,7 @@ mod tests {
             assert_eq!(started.elapsed(), Duration::ZERO);
             // The breaker it opened stays open no longer than the cap.
             assert_eq!(resilience.breaker.state(), BreakerState::Open);
-            tokio::time::advance(crate::resilience::LONGEST_RETRY_AFTER).await;
+            tokio::time::advance(crate::LONGEST_RETRY_AFTER).await;
             assert!(resilience.breaker.try_acquire().is_ok());
         }
     }
@@ -719,5 +830,144 @@ mod tests {
             assert!(tokio::time::timeout(ms(10), call).await.is_err());
         }
         assert_eq!(resilience.breaker.state(), BreakerState::Closed);
+    }
+
+    /// A hang at 200 reads a second on one key: with coalescing, one call at a time.
+    /// Returns when the breaker opened, counted from the start of the hang.
+    async fn time_to_open_on_a_hang(resilience: &Resilience) -> Duration {
+        // Healthy first: 512 calls of 4 ms fill the tracker.
+        let healthy = Upstream::new(&[(4, Success); 512]);
+        for _ in 0..512 {
+            run(resilience, &healthy).await.unwrap();
+        }
+        let hang_started = Instant::now();
+        let hanging = Upstream::new(&[(60_000, Success); 100]);
+        while resilience.breaker.state() == BreakerState::Closed {
+            let _ = run(resilience, &hanging).await;
+            assert!(
+                hang_started.elapsed() < Duration::from_secs(30),
+                "never opened"
+            );
+        }
+        hang_started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_an_adaptive_timeout_a_hang_opens_the_breaker_within_half_a_second() {
+        let adaptive = Resilience {
+            adaptive_timeout: Some(DerivedBound {
+                factor: 4.0,
+                floor: ms(50),
+                cap: ms(500),
+            }),
+            ..resilience()
+        };
+        // Five timeouts of 50 ms, and the backoffs between them (50-100, 100-200, then a new
+        // call, then 50-100 ms): 450 to 650 ms, whatever the jitter.
+        let opened = time_to_open_on_a_hang(&adaptive).await;
+        assert!(opened <= ms(650), "opened after {opened:?}");
+
+        // The fixed timeout, for comparison: every attempt waits the full 500 ms.
+        let fixed = time_to_open_on_a_hang(&resilience()).await;
+        assert!(fixed >= Duration::from_secs(2), "opened after {fixed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_adaptive_timeout_follows_recent_latency_and_the_probe_gets_the_ceiling() {
+        let resilience = Resilience {
+            adaptive_timeout: Some(DerivedBound {
+                factor: 4.0,
+                floor: ms(50),
+                cap: ms(500),
+            }),
+            ..resilience()
+        };
+        assert_eq!(
+            resilience.attempt_timeout(false),
+            ms(500),
+            "nothing known yet"
+        );
+        let upstream = Upstream::new(&[(30, Success); 300]);
+        for _ in 0..300 {
+            run(&resilience, &upstream).await.unwrap();
+        }
+        assert_eq!(resilience.attempt_timeout(false), ms(120), "4 × 30 ms");
+        assert_eq!(resilience.attempt_timeout(true), ms(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_over_the_concurrency_limit_is_shed_without_being_sent() {
+        let resilience = Resilience {
+            limiter: Some(
+                ConcurrencyLimiter::new(crate::LimiterConfig {
+                    initial: 1,
+                    min: 1,
+                    max: 1,
+                    ..Default::default()
+                })
+                .unwrap(),
+            ),
+            ..resilience()
+        };
+        let slow = Upstream::new(&[(100, Success)]);
+        let held = run(&resilience, &slow);
+        let refused = async {
+            tokio::task::yield_now().await;
+            run(&resilience, &slow).await
+        };
+        let (held, refused) = tokio::join!(held, refused);
+        assert_eq!(held.unwrap(), "success");
+        assert!(matches!(refused, Err(CallError::Shed)), "{refused:?}");
+        assert!(CallError::<()>::Shed.is_refusal());
+        assert_eq!(slow.starts().len(), 1, "the shed call sent nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watched_call_reports_the_first_failed_attempt_before_its_retries() {
+        let resilience = resilience();
+        let upstream = Upstream::new(&[(0, ServerError), (0, Success)]);
+        let first_failure = Mutex::new(None);
+        let started = Instant::now();
+        let result = resilience
+            .call_watched(
+                |budget| Arc::clone(&upstream).attempt(budget),
+                |outcome| {
+                    first_failure
+                        .lock()
+                        .unwrap()
+                        .get_or_insert((outcome, started.elapsed()));
+                },
+            )
+            .await;
+        assert_eq!(result.unwrap(), "success", "the retry went on");
+        let (outcome, at) = first_failure.lock().unwrap().unwrap();
+        assert_eq!(outcome, ServerError);
+        assert_eq!(
+            at,
+            Duration::ZERO,
+            "told at once, not after the retry's backoff"
+        );
+        assert!(upstream.starts()[1] >= ms(50));
+    }
+
+    #[test]
+    fn the_backoff_doubles_with_jitter_and_ends_after_the_last_retry() {
+        let policy = RetryPolicy::default();
+        for _ in 0..100 {
+            let first = policy.backoff(0).unwrap();
+            let second = policy.backoff(1).unwrap();
+            assert!(first >= ms(50) && first <= ms(100), "{first:?}");
+            assert!(second >= ms(100) && second <= ms(200), "{second:?}");
+        }
+        assert_eq!(policy.backoff(2), None);
+        let huge = RetryPolicy {
+            factor: 1e30,
+            max_retries: usize::MAX,
+            ..policy
+        };
+        assert!(
+            huge.backoff(usize::MAX - 1).is_some(),
+            "no overflow, no panic"
+        );
     }
 }

@@ -1,15 +1,22 @@
-//! Resilience policies for calls to another service (DESIGN section 4.1), each a value
-//! built from configuration and tested alone with paused time:
+//! The policy core of a call to another service: each policy a value built from
+//! configuration and tested alone with paused time, and none of them tied to an HTTP
+//! framework or client (the attempt is a closure). `docs/architecture.md` describes how the
+//! read path composes them.
 //!
-//! - [`outcome`]: what an attempt's result means (table 4.2): breaker verdict, retryable;
+//! - [`outcome`]: what an attempt's result means (the outcome table): breaker verdict,
+//!   retryable, a sign of overload;
 //! - [`retry_after`]: the upstream's `Retry-After`, in both forms;
 //! - [`budget`]: retries capped at a share of requests in a sliding window;
 //! - [`breaker`]: the circuit breaker, with one probe at a time in half-open;
+//! - [`latency`]: recent healthy latency, the adaptive attempt timeout and `STALE_AFTER`;
+//! - [`limiter`]: the adaptive concurrency limit, which sheds rather than queues;
 //! - [`call`]: all of them around one call, in order, with the deadline and attempt timeout.
 
 pub mod breaker;
 pub mod budget;
 pub mod call;
+pub mod latency;
+pub mod limiter;
 pub mod outcome;
 pub mod retry_after;
 mod window;
@@ -20,6 +27,8 @@ pub use call::{
     AttemptObserver, Attempted, CallError, CallLimits, Resilience, RetryDecision, RetryPolicy,
     RetryRefusal,
 };
+pub use latency::{DerivedBound, LatencyTracker, StaleAfter};
+pub use limiter::{ConcurrencyLimiter, LimitPermit, LimiterConfig};
 pub use outcome::{AttemptOutcome, BreakerVerdict};
 pub use retry_after::{LONGEST_RETRY_AFTER, parse_retry_after};
 
@@ -39,6 +48,18 @@ pub(crate) fn instant_after(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay.min(LONGEST_WAIT)).unwrap_or(now)
 }
 
+/// `duration × factor`, which cannot panic: a negative or NaN factor gives zero, and a
+/// product beyond [`LONGEST_WAIT`] is read as that.
+pub(crate) fn scaled(duration: Duration, factor: f64) -> Duration {
+    let seconds = duration.as_secs_f64() * factor;
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(seconds)
+        .unwrap_or(LONGEST_WAIT)
+        .min(LONGEST_WAIT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +76,15 @@ mod tests {
             instant_after(now, Duration::from_secs(u64::MAX)),
             now + LONGEST_WAIT
         );
+    }
+
+    #[test]
+    fn a_duration_scaled_by_any_factor_does_not_panic() {
+        let second = Duration::from_secs(1);
+        assert_eq!(scaled(second, 2.5), Duration::from_millis(2500));
+        assert_eq!(scaled(second, -1.0), Duration::ZERO);
+        assert_eq!(scaled(second, f64::NAN), Duration::ZERO);
+        assert_eq!(scaled(second, f64::INFINITY), LONGEST_WAIT);
+        assert_eq!(scaled(Duration::MAX, 1e30), LONGEST_WAIT);
     }
 }

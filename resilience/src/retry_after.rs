@@ -7,9 +7,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use axum::http::{HeaderMap, header};
+use http::{HeaderMap, header};
 
-/// The longest delay a `Retry-After` is taken to ask for (DESIGN 4.1: the breaker's floor
+/// The longest delay a `Retry-After` is taken to ask for (the breaker's floor
 /// and the retry wait are capped at 60 s). A longer one is read as this.
 pub const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(60);
 
