@@ -1,4 +1,4 @@
-//! What a caller asked for, parsed before anything is sent upstream (DESIGN 4.1 step 1).
+//! What a caller asked for, parsed before anything is sent upstream (step 1 of the read path, docs/architecture.md).
 //!
 //! booksvc's port is the internet: a path or a query string is never forwarded as it came.
 //! It is parsed into a [`BookQuery`] or a [`WriteTarget`] (an `id`, a `limit`, an `offset`,

@@ -90,7 +90,7 @@ pub enum Retries {
 pub type AttemptValue = Result<UpstreamResponse, String>;
 
 /// Whether a request may have reached storagesvc: what a failed write can promise its
-/// caller (DESIGN 4.4).
+/// caller (docs/architecture.md, "Writes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     /// No attempt left booksvc: the breaker refused, or connecting failed (refused, DNS),

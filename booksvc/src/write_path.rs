@@ -9,7 +9,7 @@
 //!
 //! Whatever storagesvc answers (201, 404, 422, its own 503 + `Retry-After`) is passed on as
 //! it came, `Idempotent-Replayed` included. Only when there is no answer does booksvc
-//! write the problem itself, and it says what the caller can know (DESIGN 4.4):
+//! write the problem itself, and it says what the caller can know (docs/architecture.md, "Writes"):
 //!
 //! - `503` + `Retry-After`: nothing was sent (breaker open, connection refused, name not
 //!   found), so the write was not applied and may simply be sent again;

@@ -3,7 +3,7 @@
 //! graceful shutdown that drains in-flight requests for a bounded time.
 //!
 //! The accept loop is written out here rather than left to `axum::serve`, because the
-//! bounds of DESIGN section 10 live at the connection level: a cap on open connections
+//! bounds of the public edge (docs/architecture.md, "Limits") live at the connection level: a cap on open connections
 //! (a semaphore taken before each `accept`), a header read timeout and a header size limit
 //! (hyper's HTTP/1 connection settings). The request-level bounds (request timeout,
 //! requests in progress, body size) are layers of [`with_common_layers`].

@@ -1,4 +1,4 @@
-//! storagesvc's settings: environment variables (DESIGN section 6), each also a flag.
+//! storagesvc's settings: environment variables, each also a flag (README's Configuration).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -156,5 +156,5 @@ impl TestBooksvc {
     }
 }
 
-/// How long a request may take at most, by DESIGN: the request deadline.
+/// How long a request may take at most: the request deadline.
 pub const REQUEST_DEADLINE: Duration = Duration::from_millis(1500);

@@ -1,4 +1,4 @@
-//! The admin listener (DESIGN section 10): `/metrics` and detailed health live on
+//! The admin listener: `/metrics` and detailed health live on
 //! `ADMIN_BIND_ADDR`; the public port serves the API, liveness and a readiness that says
 //! only `up` or `down`, whatever state its dependencies are in and whatever their errors
 //! say. Real PostgreSQL and Redis, stopped to give the checks errors to report.

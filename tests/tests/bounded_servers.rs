@@ -1,4 +1,4 @@
-//! Both servers bound what one client can hold (DESIGN section 10), checked over real TCP
+//! Both servers bound what one client can hold, checked over real TCP
 //! sockets against the real services (PostgreSQL and Redis in containers): a client that
 //! sends half a request is cut off within the header read timeout, three hundred such
 //! clients do not slow anyone else down, and a body announced over the limit is refused

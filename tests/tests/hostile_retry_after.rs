@@ -1,4 +1,4 @@
-//! No input can panic a request (DESIGN section 10): an upstream that answers `429` with a
+//! No input can panic a request: an upstream that answers `429` with a
 //! `Retry-After` no clock can take (the largest u64, a number beyond u64, a date in the
 //! year 9999) gets booksvc's normal answers, within the request deadline: the stored
 //! answer when there is one, `503` + a short `Retry-After` problem when there is none;
@@ -23,7 +23,7 @@ use system_tests::storagesvc::assert_problem;
 
 /// Scheduling slack on a busy two-core machine, on top of a promised bound.
 const SLACK: Duration = Duration::from_millis(250);
-/// The `Retry-After` booksvc takes from an upstream at most (DESIGN 4.1).
+/// The `Retry-After` booksvc takes from an upstream at most.
 const LONGEST_RETRY_AFTER: u64 = 60;
 
 const HOSTILE: [&str; 3] = [

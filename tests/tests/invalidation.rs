@@ -1,4 +1,4 @@
-//! Writes invalidate (DESIGN 4.3): after a successful update and delete through one booksvc
+//! Writes invalidate (docs/architecture.md, "The last-good store"): after a successful update and delete through one booksvc
 //! replica, no replica sharing the Redis shows the old state in a stale answer, by id or
 //! in the list.
 //!

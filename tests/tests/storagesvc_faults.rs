@@ -11,7 +11,7 @@ use system_tests::containers::{Faults, Postgres, free_port, url_for_port};
 use system_tests::poll::eventually;
 use system_tests::storagesvc::{TestStoragesvc, assert_problem};
 
-/// DESIGN: a request fails within a bounded time while the database is down.
+/// A request fails within a bounded time while the database is down.
 const FAIL_FAST_BOUND: Duration = Duration::from_secs(1);
 
 /// `GET /books` answers 503 + Retry-After + problem within the fail-fast bound.

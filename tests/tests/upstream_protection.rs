@@ -28,7 +28,7 @@ const OUTAGE: Duration = Duration::from_secs(10);
 /// booksvc would answer the breaker-state polls too late to tell when the breaker opened.
 const THINK_TIME: Duration = Duration::from_millis(50);
 
-// booksvc's defaults (DESIGN 4.1), which the bounds below are derived from.
+// booksvc's defaults, which the bounds below are derived from.
 /// `BREAKER_CONSECUTIVE_FAILURES`: consecutive failures that open the breaker.
 const BREAKER_THRESHOLD: usize = 5;
 /// Retry budget: retries allowed per window, plus this share of the requests in it.

@@ -1,4 +1,4 @@
-//! Writes invalidate (DESIGN 4.3): after a successful write through any booksvc replica, no
+//! Writes invalidate (docs/architecture.md, "The last-good store"): after a successful write through any booksvc replica, no
 //! replica serves a stored answer that may show the old state of a book.
 //!
 //! The signal is an **invalidation generation**: a random 64-bit token in Redis

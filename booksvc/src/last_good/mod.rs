@@ -1,4 +1,4 @@
-//! The last-good store (DESIGN 4.3): the most recent successful upstream answer for each
+//! The last-good store (docs/architecture.md): the most recent successful upstream answer for each
 //! key, in a small in-memory cache and in Redis, for when the upstream fails.
 //!
 //! Two rules shape it:

@@ -64,7 +64,7 @@ pub enum ConfigError {
 /// One call to a service could not be made or did not get an HTTP response.
 ///
 /// An HTTP response, whatever its status, is not an error here: whether a 503 is a failure
-/// is the resilience layer's decision (section 4.2 of the design).
+/// is the resilience layer's decision (the outcome table in docs/architecture.md).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid path `{path}` for {service}: {reason}")]
