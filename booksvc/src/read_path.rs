@@ -4,7 +4,7 @@
 //!    from booksvc, never sent upstream. The upstream target and the cache key are built
 //!    from the parsed value.
 //! 2. **Coalesce**: a read joins the call in flight for its key, or starts one. The call
-//!    runs on its own task (the read's span goes with it): it goes on within its deadline
+//!    runs on its own task (the read's span and trace context go with it): it goes on within its deadline
 //!    after the read was answered from the store, and a success refreshes the store once,
 //!    however many readers share it.
 //! 3. **Stale-first**: a read whose key has a stored answer gets whichever comes first: the
@@ -248,7 +248,13 @@ impl ReadPath {
             in_flight.finish(&key, id);
             Arc::new(result)
         };
-        let handle = tokio::spawn(task.instrument(tracing::Span::current()));
+        // The task carries the read's span (its log lines) and trace context (the
+        // `traceparent` and `x-request-id` sent upstream), which a new task does not inherit.
+        let task = task.instrument(tracing::Span::current());
+        let handle = match shared::trace_context::current() {
+            Some(context) => tokio::spawn(shared::trace_context::scope(context, task)),
+            None => tokio::spawn(task),
+        };
         let result = async move {
             match handle.await {
                 Ok(result) => result,
