@@ -9,6 +9,7 @@ mod db;
 mod domain;
 mod error;
 pub mod hash_password;
+mod reachability;
 mod routes;
 mod startup;
 

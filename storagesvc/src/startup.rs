@@ -71,18 +71,23 @@ impl Application {
     }
 }
 
-/// Readiness: the schema is migrated and the database answers a ping.
+/// Readiness: the schema is migrated and the database answered the watcher's last check,
+/// a pooled connection included. The watcher's verdict, not a ping of its own: a probe
+/// must neither wait behind a full pool nor fail because the pool is busy serving.
 struct DatabaseCheck(Arc<Database>);
 
 impl HealthCheck for DatabaseCheck {
     fn check(&self) -> Pin<Box<dyn Future<Output = CheckOutcome> + Send + '_>> {
         Box::pin(async move {
-            match self.0.ping().await {
-                Ok(()) => CheckOutcome::up(json!({ "migrated": true })),
-                Err(err) => CheckOutcome::down(json!({
-                    "migrated": self.0.schema_ready(),
-                    "error": err.to_string(),
-                })),
+            let db = &self.0;
+            if db.ready() {
+                CheckOutcome::up(json!({ "migrated": true }))
+            } else {
+                let error = db
+                    .reachability()
+                    .last_error()
+                    .unwrap_or_else(|| "the database has not answered yet".to_owned());
+                CheckOutcome::down(json!({ "migrated": db.schema_ready(), "error": error }))
             }
         })
     }
