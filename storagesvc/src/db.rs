@@ -30,8 +30,9 @@
 //! as the database answers, then keeps [`Reachability`] current and the pool full.
 //!
 //! **Learning fast that the database is gone.** A request that finds the database
-//! unavailable marks it down at once and wakes the watcher, which checks at once instead of
-//! at its next round. The watcher checks on a connection of its own, never a pooled one: a full pool must not
+//! unavailable marks it down at once and wakes the watcher, so the admission gate refuses
+//! the next requests in milliseconds instead of each waiting out a bound of its own. The
+//! watcher checks on a connection of its own, never a pooled one: a full pool must not
 //! delay the verdict. While the database is down it checks every 250 ms, so its return is
 //! noticed as quickly.
 //!
@@ -230,7 +231,8 @@ impl Database {
         })
     }
 
-    /// What the watcher and recent requests know about the database.
+    /// What the watcher and recent requests know about the database; the admission gate
+    /// reads it.
     pub fn reachability(&self) -> Arc<Reachability> {
         Arc::clone(&self.reachability)
     }
@@ -241,8 +243,9 @@ impl Database {
         self.schema_ready() && self.reachability.is_up()
     }
 
-    /// Learns from a request's failure: `Unavailable` means the database is not answering
-    /// (the watcher, woken, checks and says "up" again if it was a fluke). Unless the caller's own deadline cut
+    /// Learns from a request's failure: `Unavailable` means the database is not answering,
+    /// and the requests after this one are better refused at once (the watcher, woken,
+    /// checks and says "up" again if it was a fluke). Unless the caller's own deadline cut
     /// the request short: then the database may just not have had the time.
     fn learn_from<T>(&self, result: Result<T, DbError>) -> Result<T, DbError> {
         if let Err(err @ DbError::Unavailable(_)) = &result {

@@ -3,8 +3,9 @@
 //! One value with two writers and two readers. The database watcher writes it after each
 //! check on a connection of its own, and a request that has just found the database
 //! unavailable writes "down" at once, so the next requests need not find out the slow way
-//! (a full acquire or query bound each). Readiness reads it instead of pinging, so a probe
-//! never waits behind a full pool, nor fails because the pool is busy.
+//! (a full acquire or query bound each). The admission gate reads it to refuse requests at
+//! once while the database is down; readiness reads it instead of pinging, so a probe never
+//! waits behind a full pool, nor fails because the pool is busy.
 //!
 //! Only the watcher writes "up", and only once a pooled connection has served (its own
 //! connection answering does not prove the pool can) and the pool is full again.
@@ -49,6 +50,12 @@ impl Reachability {
         self.state.load(Ordering::Acquire) == UP
     }
 
+    /// Down, as opposed to up or not known yet: at start-up nobody knows, and requests are
+    /// let through (they fail fast anyway until the schema is migrated).
+    pub fn is_down(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DOWN
+    }
+
     pub fn mark_up(&self) {
         self.gauge.set(1);
         if self.state.swap(UP, Ordering::AcqRel) != UP {
@@ -86,14 +93,14 @@ mod tests {
     #[test]
     fn unknown_until_told_then_the_last_verdict() {
         let reachability = Reachability::new(&mut Registry::default());
-        assert!(!reachability.is_up());
+        assert!(!reachability.is_up() && !reachability.is_down());
         reachability.mark_down(&"connection refused");
-        assert!(!reachability.is_up());
+        assert!(reachability.is_down());
         assert_eq!(
             reachability.last_error().as_deref(),
             Some("connection refused")
         );
         reachability.mark_up();
-        assert!(reachability.is_up());
+        assert!(reachability.is_up() && !reachability.is_down());
     }
 }

@@ -12,6 +12,7 @@ use shared::health::{CheckOutcome, Health, HealthCheck};
 use shared::metrics::HttpMetrics;
 use shared::server::Service;
 
+use crate::admission::{Admission, admit};
 use crate::config::Config;
 use crate::db::Database;
 use crate::routes::{self, AppState};
@@ -43,10 +44,20 @@ impl Application {
             db: Arc::clone(&db),
             retry_after: config.db_retry_after,
         };
-        let books = routes::books(state).route_layer(axum::middleware::from_fn_with_state(
-            credentials,
-            require_credentials,
-        ));
+        let admission = Admission::new(
+            db.reachability(),
+            config.db_max_connections as usize,
+            config.db_retry_after,
+            &mut registry,
+        );
+        // Credentials first (the outer layer), then admission: a caller without a
+        // credential never takes a place among the requests in progress.
+        let books = routes::books(state)
+            .route_layer(axum::middleware::from_fn_with_state(admission, admit))
+            .route_layer(axum::middleware::from_fn_with_state(
+                credentials,
+                require_credentials,
+            ));
         let health = Health::builder()
             .critical("database", DatabaseCheck(db))
             .build();
