@@ -27,13 +27,31 @@
 //! A connection broken since its last use fails its query at once, which is a fast 503.
 //!
 //! The service starts without its database: [`Database::watch`] applies migrations as soon
-//! as the database answers, then keeps the reachability gauge current.
+//! as the database answers, then keeps [`Reachability`] current and the pool full.
+//!
+//! **Learning fast that the database is gone.** A request that finds the database
+//! unavailable marks it down at once and wakes the watcher, so the admission gate refuses
+//! the next requests in milliseconds instead of each waiting out a bound of its own. The
+//! watcher checks on a connection of its own, never a pooled one: a full pool must not
+//! delay the verdict. While the database is down it checks every 250 ms, so its return is
+//! noticed as quickly.
+//!
+//! **Keeping the pool full.** Opening a connection (a PostgreSQL process start and a
+//! password exchange) takes 100 ms or more on a busy machine, so the pool has a fixed size
+//! and the watcher opens every missing connection: after start-up and after an outage
+//! before it says "up" and requests are let in, and at each check while the database is
+//! up ([`Database::refill`]). Left to itself, a lazily connected sqlx pool grows with the
+//! load, one connection at a time, each opened on a request's clock. When the watcher
+//! finds the database down, the idle connections are closed: after a restart they are
+//! broken, and a paused database may hold them in any state.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use shared::deadline;
 use sqlx::Connection as _;
@@ -42,8 +60,11 @@ use sqlx::postgres::{
     PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions, PgSeverity, Postgres,
 };
 use sqlx::types::Json;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use crate::domain::{Book, IdempotencyKey, NewBook, Page};
+use crate::reachability::Reachability;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
@@ -52,18 +73,23 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// How long one attempt to migrate may take; a database that hangs meanwhile is retried.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often reachability is checked while the database answers.
+/// How often reachability is checked while the database answers. Requests notice an
+/// outage sooner (and wake the watcher) when the service is in use.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
-/// Back-off between attempts while it does not, from the first to the largest.
-const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How often it is checked while the database does not answer: its return is noticed
+/// within this.
+const WATCH_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+/// Connections opened at the same time while the pool is refilled: enough to fill 16 in a
+/// few hundred milliseconds, few enough not to crowd out the requests being served.
+const REFILL_PARALLELISM: usize = 4;
+/// Longest a refill may keep requests out after an outage; what is still missing then is
+/// opened at the next check.
+const REFILL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idempotency keys are honoured for a day, then purged (checked this often).
 const IDEMPOTENCY_KEY_RETENTION_HOURS: i32 = 24;
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
-
-const REACHABILITY_UNKNOWN: u8 = 0;
-const REACHABILITY_UP: u8 = 1;
-const REACHABILITY_DOWN: u8 = 2;
+/// How the watcher's own connection is named in `pg_stat_activity`, apart from the pool's.
+const WATCHER_APPLICATION_NAME: &str = "storagesvc-watcher";
 
 /// Why a database operation failed, as far as a caller needs to know.
 #[derive(Debug, thiserror::Error)]
@@ -143,13 +169,14 @@ pub enum CreateOutcome {
 /// The books store: a lazily connecting pool plus the bounds above.
 pub struct Database {
     pool: PgPool,
+    max_connections: u32,
     acquire_timeout: Duration,
     query_timeout: Duration,
     commit_timeout: Duration,
     schema_ready: AtomicBool,
-    /// Last reachability seen by the watcher: one of the `REACHABILITY_*` values.
-    reachability: AtomicU8,
-    reachable_gauge: Gauge<i64, AtomicI64>,
+    reachability: Arc<Reachability>,
+    /// Wakes the watcher when a request has just found the database unavailable.
+    check_now: Notify,
 }
 
 impl Database {
@@ -169,10 +196,15 @@ impl Database {
         let pool = PgPoolOptions::new()
             // A fixed-size pool: opening a connection (TCP and SCRAM authentication) takes
             // long enough on a busy machine to exceed the acquire timeout, so connections,
-            // once opened, are kept rather than closed when idle. sqlx opens them on demand
-            // and restores the minimum only in its periodic maintenance, so right after
-            // start-up or an outage the pool grows with the load.
-            .min_connections(max_connections)
+            // once opened, are kept as long as they work, never closed for being idle or
+            // old, and the watcher opens the missing ones (see the module documentation).
+            // sqlx's own upkeep of a minimum stays off: after each connection lost in an
+            // outage it retries in the background with a back-off of up to a minute,
+            // holding a place in the pool all the while, so the pool would look full and
+            // not be.
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
             .test_before_acquire(false)
@@ -185,21 +217,46 @@ impl Database {
                 })
             })
             .connect_lazy_with(options);
-        let reachable_gauge = Gauge::default();
-        registry.register(
-            "database_up",
-            "1 when the database answered the last check, 0 when it did not",
-            reachable_gauge.clone(),
-        );
+        let reachability = Arc::new(Reachability::new(registry));
+        registry.register_collector(Box::new(PoolGauges(pool.clone())));
         Arc::new(Self {
             pool,
+            max_connections,
             acquire_timeout,
             query_timeout,
             commit_timeout,
             schema_ready: AtomicBool::new(false),
-            reachability: AtomicU8::new(REACHABILITY_UNKNOWN),
-            reachable_gauge,
+            reachability,
+            check_now: Notify::new(),
         })
+    }
+
+    /// What the watcher and recent requests know about the database; the admission gate
+    /// reads it.
+    pub fn reachability(&self) -> Arc<Reachability> {
+        Arc::clone(&self.reachability)
+    }
+
+    /// Readiness: migrated, and the database answered the watcher's last check, a pooled
+    /// connection included.
+    pub fn ready(&self) -> bool {
+        self.schema_ready() && self.reachability.is_up()
+    }
+
+    /// Learns from a request's failure: `Unavailable` means the database is not answering,
+    /// and the requests after this one are better refused at once (the watcher, woken,
+    /// checks and says "up" again if it was a fluke). Unless the caller's own deadline cut
+    /// the request short: then the database may just not have had the time.
+    fn learn_from<T>(&self, result: Result<T, DbError>) -> Result<T, DbError> {
+        if let Err(err @ DbError::Unavailable(_)) = &result {
+            let callers_deadline_passed =
+                deadline::answer_by().is_some_and(|at| at <= tokio::time::Instant::now());
+            if !callers_deadline_passed {
+                self.reachability.mark_down(err);
+                self.check_now.notify_one();
+            }
+        }
+        result
     }
 
     /// Runs `operation` on a pooled connection: acquiring is bounded by the pool's acquire
@@ -208,6 +265,14 @@ impl Database {
     /// For reads (and work whose outcome nobody waits for); writes use
     /// [`Database::with_transaction`].
     async fn with_connection<T>(
+        &self,
+        operation: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, DbError> {
+        let result = self.run_on_connection(operation).await;
+        self.learn_from(result)
+    }
+
+    async fn run_on_connection<T>(
         &self,
         operation: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, DbError> {
@@ -229,6 +294,14 @@ impl Database {
     /// the commit timeout. On any failure the connection is closed: PostgreSQL then rolls
     /// back whatever was not committed.
     async fn with_transaction<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, DbError> {
+        let result = self.run_in_transaction(work).await;
+        self.learn_from(result)
+    }
+
+    async fn run_in_transaction<T>(
         &self,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, DbError> {
@@ -413,50 +486,173 @@ impl Database {
         .await
     }
 
-    /// Readiness: the schema is in place and the database answers now. Every ping, the
-    /// watcher's or a readiness probe's, updates the reachability gauge.
-    pub async fn ping(&self) -> Result<(), DbError> {
-        let result = self
-            .with_connection(async |connection| sqlx::query("SELECT 1").execute(connection).await)
-            .await
-            .map(drop);
-        self.record_reachability(&result);
-        result
-    }
-
     pub fn schema_ready(&self) -> bool {
         self.schema_ready.load(Ordering::Acquire)
     }
 
     /// Runs for the life of the service: migrates once the database answers, then keeps
-    /// reachability (gauge and log) current and purges expired idempotency keys.
+    /// [`Reachability`] current, the pool full, and purges expired idempotency keys. Checks
+    /// every [`WATCH_INTERVAL`] while the database answers, every [`WATCH_RETRY_INTERVAL`]
+    /// while it does not, and as soon as a request has found it unavailable, but never more
+    /// often than every [`WATCH_RETRY_INTERVAL`]: a database that answers pings while
+    /// failing queries must not set the watcher spinning.
     pub async fn watch(self: Arc<Self>) {
-        let mut retry = WATCH_RETRY_MIN;
+        let mut own_connection = None;
         let mut last_purge: Option<Instant> = None;
         loop {
-            let result = match self.migrate_if_needed().await {
-                Ok(()) => self.ping().await,
-                Err(err) => {
-                    self.record_reachability(&Err::<(), _>(&err));
-                    Err(err)
-                }
-            };
-            let pause = match result {
+            let checked_at = tokio::time::Instant::now();
+            match self.check(&mut own_connection).await {
                 Ok(()) => {
+                    // After start-up or an outage, requests are let in once the pool can
+                    // serve them without opening connections on their clock.
+                    self.refill().await;
+                    self.reachability.mark_up();
                     if last_purge.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL) {
                         self.purge_expired_keys().await;
                         last_purge = Some(Instant::now());
                     }
-                    retry = WATCH_RETRY_MIN;
-                    WATCH_INTERVAL
                 }
-                Err(_) => {
-                    let pause = retry;
-                    retry = (retry * 2).min(WATCH_RETRY_MAX);
-                    pause
+                Err(err) => {
+                    self.reachability.mark_down(&err);
+                    self.close_idle_connections();
                 }
+            }
+            let pause = if self.reachability.is_up() {
+                WATCH_INTERVAL
+            } else {
+                WATCH_RETRY_INTERVAL
             };
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(checked_at + pause) => {}
+                () = self.check_now.notified() => {}
+            }
+            tokio::time::sleep_until(checked_at + WATCH_RETRY_INTERVAL).await;
+        }
+    }
+
+    /// One check, in the order the answers are needed: does the database answer (on the
+    /// watcher's own connection), is the schema migrated, and, before "up" is said after
+    /// start-up or an outage, does a pooled connection serve.
+    async fn check(&self, own_connection: &mut Option<PgConnection>) -> Result<(), DbError> {
+        self.ping_own(own_connection).await?;
+        self.migrate_if_needed().await?;
+        if !self.reachability.is_up() {
+            self.with_connection(async |connection| {
+                sqlx::query("SELECT 1").execute(connection).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Pings on the watcher's own connection, opening it first when there is none. Opening
+    /// it and the ping each get the acquire bound, the time a request would wait for a
+    /// connection. The bound matters for opening too: a database restarting behind a
+    /// published port may drop the first packets, and a connect left to TCP's own
+    /// retries would wait a second or more where a new attempt 250 ms later succeeds.
+    /// A connection that failed is dropped; the next check opens a new one.
+    async fn ping_own(&self, own_connection: &mut Option<PgConnection>) -> Result<(), DbError> {
+        let connection = match own_connection {
+            Some(connection) => connection,
+            None => {
+                let options = (*self.pool.connect_options())
+                    .clone()
+                    .application_name(WATCHER_APPLICATION_NAME);
+                let connect = PgConnection::connect_with(&options);
+                let connection = tokio::time::timeout(self.acquire_timeout, connect)
+                    .await
+                    .map_err(|_| {
+                        DbError::Unavailable(format!(
+                            "no connection within {:?}",
+                            self.acquire_timeout
+                        ))
+                    })??;
+                own_connection.insert(connection)
+            }
+        };
+        let result = match tokio::time::timeout(self.acquire_timeout, connection.ping()).await {
+            Ok(result) => result.map_err(DbError::from),
+            Err(_) => Err(DbError::Unavailable(format!(
+                "no answer to a ping within {:?}",
+                self.acquire_timeout
+            ))),
+        };
+        if result.is_err() {
+            *own_connection = None;
+        }
+        result
+    }
+
+    /// Opens the pool's missing connections, a few at a time, so that requests find them
+    /// open instead of opening them on their own clock. Each connection acquired is held
+    /// until the pool is full: given back at once, it would be handed out again to the
+    /// next acquire, and no new one would be opened. Held, it is out of reach of requests,
+    /// which is why the big refills (after start-up or an outage) run before requests are
+    /// let in. While they are served, only a connection closed meanwhile (a query cut
+    /// off, a connection found broken) is missing, and the few milliseconds of holding
+    /// the idle ones while it is replaced cost less than the request that would otherwise
+    /// open it. A time-out of one acquire (a busy machine) is tried again; any other
+    /// failure stops the refill, and so does [`REFILL_TIMEOUT`]: a pool partly full
+    /// serves too, and the next check opens the rest.
+    async fn refill(&self) {
+        let max = self.max_connections as usize;
+        if self.pool.size() as usize >= max {
+            return;
+        }
+        let started = Instant::now();
+        let mut held = Vec::with_capacity(max);
+        let mut acquiring = JoinSet::new();
+        let filling = async {
+            while (self.pool.size() as usize) < max {
+                // The idle connections are handed out first; only acquires beyond them open
+                // new ones.
+                let wanted = self.pool.num_idle() + max.saturating_sub(self.pool.size() as usize);
+                while acquiring.len() < REFILL_PARALLELISM.min(wanted) {
+                    acquiring.spawn(self.pool.acquire());
+                }
+                match acquiring.join_next().await {
+                    Some(Ok(Ok(connection))) => held.push(connection),
+                    Some(Ok(Err(sqlx::Error::PoolTimedOut))) => {}
+                    Some(Ok(Err(err))) => return Err(DbError::from(err)),
+                    Some(Err(err)) => return Err(DbError::Other(err.to_string())),
+                    None => break,
+                }
+            }
+            Ok(())
+        };
+        let filled = tokio::time::timeout(REFILL_TIMEOUT, filling).await;
+        drop(held);
+        // The acquires still under way end with the connections just given back, or with
+        // the ones they are opening (aborting those would close them half-open).
+        while acquiring.join_next().await.is_some() {}
+        let connections = self.pool.size();
+        match filled {
+            Ok(Ok(())) => tracing::info!(
+                connections,
+                elapsed_ms = started.elapsed().as_millis(),
+                "connection pool filled"
+            ),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, connections, "could not fill the connection pool");
+            }
+            Err(_) => tracing::warn!(
+                connections,
+                "the connection pool was not full within {REFILL_TIMEOUT:?}"
+            ),
+        }
+    }
+
+    /// Closes the pool's idle connections once the database is found down: after a
+    /// restart each would fail a request before being replaced, and after a pause it may
+    /// be in any state. Fresh ones are opened when the database answers again.
+    fn close_idle_connections(&self) {
+        for _ in 0..self.pool.num_idle() {
+            match self.pool.try_acquire() {
+                // Detached and dropped: closed without the goodbye message, which a paused
+                // database would never read.
+                Some(connection) => drop(connection.detach()),
+                None => break,
+            }
         }
     }
 
@@ -483,25 +679,6 @@ impl Database {
         }
     }
 
-    fn record_reachability<E: std::fmt::Display>(&self, result: &Result<(), E>) {
-        self.reachable_gauge.set(i64::from(result.is_ok()));
-        let now = if result.is_ok() {
-            REACHABILITY_UP
-        } else {
-            REACHABILITY_DOWN
-        };
-        let before = self.reachability.swap(now, Ordering::AcqRel);
-        // Log changes only: an outage is one warning, not one every few seconds.
-        match result {
-            Ok(()) if before != REACHABILITY_UP => tracing::info!("database reachable"),
-            Err(err) if before != REACHABILITY_DOWN => {
-                tracing::warn!(error = %err, "database unreachable")
-            }
-            Err(err) => tracing::debug!(error = %err, "database still unreachable"),
-            Ok(()) => {}
-        }
-    }
-
     async fn purge_expired_keys(&self) {
         let purge = async |connection: &mut PgConnection| {
             sqlx::query(
@@ -521,5 +698,32 @@ impl Database {
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "could not purge expired idempotency keys"),
         }
+    }
+}
+
+/// `db_pool_connections` and `db_pool_idle_connections`, read from the pool at each scrape.
+#[derive(Debug)]
+struct PoolGauges(PgPool);
+
+impl Collector for PoolGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let idle = i64::try_from(self.0.num_idle()).unwrap_or(i64::MAX);
+        let gauges = [
+            (
+                "db_pool_connections",
+                "Connections in the pool, in use, idle or being opened",
+                i64::from(self.0.size()),
+            ),
+            (
+                "db_pool_idle_connections",
+                "Pooled connections not in use",
+                idle,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }

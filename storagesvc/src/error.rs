@@ -22,6 +22,14 @@ pub enum ApiError {
         error: DbError,
         retry_after: Duration,
     },
+    /// Refused by the admission gate: the database is known to be down.
+    DatabaseDown {
+        retry_after: Duration,
+    },
+    /// Refused by the admission gate: as many requests in progress as the pool can serve.
+    Overloaded {
+        retry_after: Duration,
+    },
 }
 
 impl IntoResponse for ApiError {
@@ -48,6 +56,20 @@ impl IntoResponse for ApiError {
                     retry_after,
                 )
             }
+            // Not logged one by one: the outage was logged once, when it was noticed.
+            ApiError::DatabaseDown { retry_after } => Problem::unavailable(
+                "database-unavailable",
+                unavailable_detail(retry_after),
+                retry_after,
+            ),
+            ApiError::Overloaded { retry_after } => Problem::unavailable(
+                "overloaded",
+                format!(
+                    "too many requests in progress; nothing was changed, retry after {} s",
+                    shared::problem::retry_after_seconds(retry_after)
+                ),
+                retry_after,
+            ),
             ApiError::Db {
                 error: error @ DbError::OutcomeUnknown(_),
                 ..

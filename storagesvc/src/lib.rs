@@ -1,14 +1,17 @@
 //! storagesvc: the books API on PostgreSQL.
 //!
 //! A request goes `startup` (router and layers) → `shared::auth` (service credentials) →
+//! `admission` (refused at once while the database is down or the pool is busy) →
 //! `routes` (HTTP in and out) → `domain` (parsed, valid input) → `db` (bounded SQL) and
 //! back; `error` turns every failure on the way into one problem+json response.
 
+mod admission;
 mod config;
 mod db;
 mod domain;
 mod error;
 pub mod hash_password;
+mod reachability;
 mod routes;
 mod startup;
 

@@ -12,6 +12,7 @@ use shared::health::{CheckOutcome, Health, HealthCheck};
 use shared::metrics::HttpMetrics;
 use shared::server::Service;
 
+use crate::admission::{Admission, admit};
 use crate::config::Config;
 use crate::db::Database;
 use crate::routes::{self, AppState};
@@ -43,10 +44,20 @@ impl Application {
             db: Arc::clone(&db),
             retry_after: config.db_retry_after,
         };
-        let books = routes::books(state).route_layer(axum::middleware::from_fn_with_state(
-            credentials,
-            require_credentials,
-        ));
+        let admission = Admission::new(
+            db.reachability(),
+            config.db_max_connections as usize,
+            config.db_retry_after,
+            &mut registry,
+        );
+        // Credentials first (the outer layer), then admission: a caller without a
+        // credential never takes a place among the requests in progress.
+        let books = routes::books(state)
+            .route_layer(axum::middleware::from_fn_with_state(admission, admit))
+            .route_layer(axum::middleware::from_fn_with_state(
+                credentials,
+                require_credentials,
+            ));
         let health = Health::builder()
             .critical("database", DatabaseCheck(db))
             .build();
@@ -71,18 +82,23 @@ impl Application {
     }
 }
 
-/// Readiness: the schema is migrated and the database answers a ping.
+/// Readiness: the schema is migrated and the database answered the watcher's last check,
+/// a pooled connection included. The watcher's verdict, not a ping of its own: a probe
+/// must neither wait behind a full pool nor fail because the pool is busy serving.
 struct DatabaseCheck(Arc<Database>);
 
 impl HealthCheck for DatabaseCheck {
     fn check(&self) -> Pin<Box<dyn Future<Output = CheckOutcome> + Send + '_>> {
         Box::pin(async move {
-            match self.0.ping().await {
-                Ok(()) => CheckOutcome::up(json!({ "migrated": true })),
-                Err(err) => CheckOutcome::down(json!({
-                    "migrated": self.0.schema_ready(),
-                    "error": err.to_string(),
-                })),
+            let db = &self.0;
+            if db.ready() {
+                CheckOutcome::up(json!({ "migrated": true }))
+            } else {
+                let error = db
+                    .reachability()
+                    .last_error()
+                    .unwrap_or_else(|| "the database has not answered yet".to_owned());
+                CheckOutcome::down(json!({ "migrated": db.schema_ready(), "error": error }))
             }
         })
     }

@@ -176,6 +176,29 @@ impl Postgres {
         stdout.trim().to_owned()
     }
 
+    /// Whether PostgreSQL accepts connections now (`pg_isready` in its container): a
+    /// restarted database is healthy from this moment on.
+    pub async fn accepts_connections(&self) -> bool {
+        let Ok(mut ready) = self
+            .container
+            .exec(ExecCommand::new([
+                "pg_isready",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                POSTGRES_USER,
+                "-d",
+                POSTGRES_DB,
+            ]))
+            .await
+        else {
+            return false;
+        };
+        // Read to the end first: the exit code is known once the command has exited.
+        let _ = ready.stdout_to_vec().await;
+        ready.exit_code().await.ok().flatten() == Some(0)
+    }
+
     /// Makes every commit wait for a synchronous standby that does not exist: the commit
     /// record is written, but `COMMIT` does not answer until the wait is released (a
     /// client that goes away meanwhile leaves the commit in place). A commit held half-way,

@@ -57,13 +57,12 @@ async fn stack() -> Stack {
     }
 }
 
-/// Makes storagesvc open every connection of its pool before anything is timed.
+/// Makes sure every connection of storagesvc's pool is open before anything is timed.
 ///
-/// storagesvc opens pooled connections on demand: sqlx tops a lazily connected pool up to
-/// its minimum only after reaping a connection (every 10 minutes by default), not at start. Opening one, a PostgreSQL
-/// process start and a password exchange, takes 100 to 170 ms here; a read that finds no
-/// idle connection (the previous read's is still on its way back to the pool) waits for
-/// that. Concurrent reads grow the pool to its fixed size, after which no read opens one.
+/// storagesvc fills its pool before it reports ready, so this normally finds it full at
+/// once; it stays as the timing's precondition, checked where PostgreSQL counts the
+/// sessions. Opening a connection, a PostgreSQL process start and a password exchange,
+/// takes 100 ms or more here, and a timed read must not pay for one.
 async fn open_all_pooled_connections(db: &Postgres, storagesvc: &TestStoragesvc) {
     eventually(
         Duration::from_secs(30),
