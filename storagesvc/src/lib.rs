@@ -8,6 +8,7 @@ mod config;
 mod db;
 mod domain;
 mod error;
+mod faults;
 pub mod hash_password;
 mod routes;
 mod startup;
