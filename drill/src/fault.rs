@@ -265,14 +265,27 @@ mod tests {
         assert_eq!(format_cpus(0), "0");
     }
 
-    #[test]
-    fn a_fault_dropped_after_its_repair_runs_nothing() {
-        let fault = Fault {
+    fn fault(armed: bool, marker: &std::path::Path) -> Fault {
+        Fault {
             what: "test".into(),
             inject: Vec::new(),
-            repair: vec![words(&["false"])],
-            armed: false,
-        };
-        drop(fault);
+            repair: vec![words(&["touch", &marker.display().to_string()])],
+            armed,
+        }
+    }
+
+    #[test]
+    fn an_injected_fault_is_undone_when_dropped_and_a_repaired_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("drill-fault-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (undone, repaired) = (dir.join("undone"), dir.join("repaired"));
+        drop(fault(true, &undone));
+        drop(fault(false, &repaired));
+        assert!(undone.exists(), "the repair ran on drop");
+        assert!(
+            !repaired.exists(),
+            "nothing ran for a fault already repaired"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
