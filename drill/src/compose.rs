@@ -118,16 +118,12 @@ impl Compose {
     }
 }
 
-/// Containers of the project, to stop, start, pause or unpause together.
+/// Containers of the project, looked up once, for a fault to act on together.
 pub struct Containers(Vec<String>);
 
 impl Containers {
-    /// `docker <action> <containers…>`: stop (with the stop signal and grace period the
-    /// compose file gives, as `compose stop` does), start, pause or unpause.
-    pub async fn act(&self, action: &str) -> anyhow::Result<()> {
-        let mut args = vec![action];
-        args.extend(self.0.iter().map(String::as_str));
-        docker(&args).await.map(drop)
+    pub fn ids(&self) -> &[String] {
+        &self.0
     }
 }
 
@@ -175,6 +171,6 @@ async fn run_cli(program: &[String], args: &[&str]) -> anyhow::Result<String> {
     process::output(executable, &all, COMMAND_TIMEOUT).await
 }
 
-async fn docker(args: &[&str]) -> anyhow::Result<String> {
+pub async fn docker(args: &[&str]) -> anyhow::Result<String> {
     process::output("docker", args, COMMAND_TIMEOUT).await
 }

@@ -15,11 +15,11 @@ use crate::sample::Sample;
 use crate::schedule::Plan;
 
 /// Sends `plan.request_count()` requests, each when due after `start`, with `send`, and
-/// returns every sample in the order they were due. `send` gets the request's due time and
-/// its offset, and measures from the due time.
+/// returns every sample in the order they were due. `send` gets the request's index, its
+/// due time and its offset, and measures from the due time.
 pub async fn run_open_loop<F, Fut>(plan: Plan, start: Instant, send: F) -> Vec<Sample>
 where
-    F: Fn(Instant, Duration) -> Fut,
+    F: Fn(u64, Instant, Duration) -> Fut,
     Fut: Future<Output = Sample> + Send + 'static,
 {
     let count = plan.request_count();
@@ -28,7 +28,7 @@ where
     for index in 0..count {
         let due = plan.due(index);
         tokio::time::sleep_until(start + due).await;
-        in_flight.spawn(send(start + due, due));
+        in_flight.spawn(send(index, start + due, due));
         // Collect what has finished, so the set holds only what is in flight.
         while let Some(done) = in_flight.try_join_next() {
             samples.extend(done.ok());
@@ -109,8 +109,9 @@ mod tests {
     /// A stand-in target that takes `took(due)` to answer.
     fn target(
         took: impl Fn(Duration) -> Duration,
-    ) -> impl Fn(Instant, Duration) -> std::pin::Pin<Box<dyn Future<Output = Sample> + Send>> {
-        move |due_at, due| {
+    ) -> impl Fn(u64, Instant, Duration) -> std::pin::Pin<Box<dyn Future<Output = Sample> + Send>>
+    {
+        move |_, due_at, due| {
             let took = took(due);
             Box::pin(async move {
                 let send_lag = Instant::now().saturating_duration_since(due_at);
@@ -154,11 +155,11 @@ mod tests {
         // A sender that only gets to send 400 ms late (as if the drill itself stalled):
         // the wait counts, so the stall shows in the latency.
         let start = Instant::now();
-        let late_sender = |due_at: Instant, due: Duration| {
+        let late_sender = |index: u64, due_at: Instant, due: Duration| {
             let inner = target(|_| Duration::from_millis(1));
             async move {
                 tokio::time::sleep(Duration::from_millis(400)).await;
-                inner(due_at, due).await
+                inner(index, due_at, due).await
             }
         };
         let samples = run_open_loop(plan(10, 1), start, late_sender).await;

@@ -2,8 +2,10 @@
 //! nginx stale-if-error proxy side by side, written up as a report with charts.
 
 mod analysis;
+mod capacity;
 mod chart;
 mod compose;
+mod fault;
 mod load;
 mod metrics;
 mod process;
@@ -31,7 +33,9 @@ const ABOUT: &str = "\
 Runs each SCENARIO against a running compose stack: open-loop load at a constant rate (each
 request sent when due, its latency counted from when it was due) through three phases,
 baseline, fault and recovery. The fault goes in at the start of the fault phase (docker stop
-or pause on the compose project's containers) and is repaired at its end (start, unpause).
+or pause on the compose project's containers, DROP rules in the proxy's network namespace,
+a fault set on storagesvc's admin port, a CPU limit) and is repaired at its end, or on any
+error or interrupt before.
 Each scenario runs against booksvc, then against the nginx peer, with the same load and
 the same fault, one target at a time.
 
@@ -48,7 +52,8 @@ in front of the same storagesvc, published ports: the services' admin ports, whe
 #[command(version, about = "The failure drill: load through real faults, booksvc beside an nginx stale-if-error proxy", long_about = ABOUT)]
 struct Cli {
     /// Scenarios to run, in order: database-stop, database-pause, storagesvc-stop,
-    /// redis-stop, database-and-redis-stop, or all.
+    /// redis-stop, database-and-redis-stop, storagesvc-partition, storagesvc-slow,
+    /// storagesvc-flaky, overload, or all.
     #[arg(required = true, value_name = "SCENARIO", value_parser = parse_scenarios)]
     scenarios: Vec<Vec<Scenario>>,
 
@@ -77,6 +82,9 @@ struct Cli {
     /// storagesvc's metrics (the requests that reached it), on its admin port.
     #[arg(long, default_value = "http://127.0.0.1:19082/metrics")]
     storagesvc_metrics: String,
+    /// storagesvc's fault-injection endpoint (FAULT_INJECTION=true), on its admin port.
+    #[arg(long, default_value = "http://127.0.0.1:19082/faults")]
+    storagesvc_faults: String,
     /// What the load reads from the nginx peer.
     #[arg(long, default_value = "http://127.0.0.1:18080/books")]
     nginx_url: String,
@@ -147,12 +155,33 @@ fn parse_scenarios(name: &str) -> Result<Vec<Scenario>, String> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match drill(cli).await {
+    // On SIGINT or SIGTERM the drill's future is dropped, and with it a fault in force,
+    // which undoes itself (see fault.rs).
+    let outcome = tokio::select! {
+        outcome = drill(cli) => outcome,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("drill: error: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The first SIGINT or SIGTERM; never, where they cannot be watched.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
     }
 }
 
@@ -197,6 +226,7 @@ async fn drill(cli: Cli) -> anyhow::Result<()> {
 async fn stack(cli: &Cli) -> anyhow::Result<Stack> {
     let mut targets = vec![Target {
         name: "booksvc".into(),
+        service: "booksvc".into(),
         url: cli.booksvc_url.clone(),
         upstream_metrics: cli.storagesvc_metrics.clone(),
         upstream_service: cli.storagesvc_services.first().cloned().unwrap_or_default(),
@@ -205,6 +235,7 @@ async fn stack(cli: &Cli) -> anyhow::Result<Stack> {
     if !cli.no_nginx {
         targets.push(Target {
             name: "nginx".into(),
+            service: "nginx".into(),
             url: cli.nginx_url.clone(),
             upstream_metrics: cli.storagesvc_metrics.clone(),
             upstream_service: cli.storagesvc_services.first().cloned().unwrap_or_default(),
@@ -226,6 +257,9 @@ async fn stack(cli: &Cli) -> anyhow::Result<Stack> {
         redis: cli.redis_services.clone(),
         storagesvc: cli.storagesvc_services.clone(),
         request_timeout: cli.request_timeout,
+        storagesvc_faults: cli.storagesvc_faults.clone(),
+        storagesvc_url: cli.storagesvc_url.clone(),
+        storagesvc_token: cli.storagesvc_token.clone(),
     })
 }
 
@@ -281,16 +315,15 @@ fn print_run(run: &run::ScenarioRun) {
                 analysis::ms(s.max)
             );
         }
-        if run.scenario.has_targets() && target.target.name == "booksvc" {
-            for check in analysis::checks(run, target, &found) {
-                let verdict = if check.met { "met" } else { "MISSED" };
-                println!(
-                    "{} booksvc {verdict}: {} ({})",
-                    run.scenario.name(),
-                    check.promise,
-                    check.measured
-                );
-            }
+        for check in analysis::checks(run, target, &found) {
+            println!(
+                "{} {} {}: {} ({})",
+                run.scenario.name(),
+                target.target.name,
+                check.verdict(),
+                check.promise,
+                check.measured
+            );
         }
     }
 }

@@ -57,13 +57,8 @@ fn write_report(out: &mut String, inputs: &Inputs<'_>) -> std::fmt::Result {
     if !inputs.throughput.is_empty() {
         throughput_section(out, inputs)?;
     }
-    let judged: Vec<_> = inputs
-        .runs
-        .iter()
-        .filter(|r| r.scenario.has_targets())
-        .collect();
-    if !judged.is_empty() {
-        promises_section(out, &judged)?;
+    if !inputs.runs.is_empty() {
+        promises_section(out, inputs.runs)?;
     }
     for run in inputs.runs {
         scenario_section(out, run, inputs.charts_dir)?;
@@ -120,36 +115,57 @@ fn throughput_section(out: &mut String, inputs: &Inputs<'_>) -> std::fmt::Result
     Ok(())
 }
 
-fn promises_section(out: &mut String, runs: &[&ScenarioRun]) -> std::fmt::Result {
-    writeln!(out, "## booksvc's promises, warm cache")?;
+fn promises_section(out: &mut String, runs: &[ScenarioRun]) -> std::fmt::Result {
+    writeln!(out, "## Promises, warm cache")?;
     writeln!(out)?;
-    let mut header = false;
+    writeln!(
+        out,
+        "Each scenario's promises, judged for every target; booksvc's own (compared with nginx, its breaker, its stale share while healthy) are shown for nginx as figures, unjudged (-)."
+    )?;
+    writeln!(out)?;
     for run in runs {
-        let Some(target) = run.targets.iter().find(|t| t.target.name == "booksvc") else {
+        let judged: Vec<_> = run
+            .targets
+            .iter()
+            .map(|target| {
+                let findings = analysis::findings(run, target);
+                analysis::checks(run, target, &findings)
+            })
+            .collect();
+        let Some(first) = judged.first() else {
             continue;
         };
-        let findings = analysis::findings(run, target);
-        let checks = analysis::checks(run, target, &findings);
-        if !header {
-            write!(out, "| scenario |")?;
-            for check in &checks {
-                write!(out, " {} |", check.promise)?;
+        writeln!(out, "### {}", run.scenario.name())?;
+        writeln!(out)?;
+        if let Some(capacity) = run.capacity {
+            writeln!(
+                out,
+                "storagesvc's measured capacity: {capacity:.0} reads/s; load: {} requests/s.",
+                run.plan.rate
+            )?;
+            writeln!(out)?;
+        }
+        write!(out, "| promise |")?;
+        for target in &run.targets {
+            write!(out, " {} |", target.target.name)?;
+        }
+        writeln!(out)?;
+        writeln!(out, "|---|{}", "---|".repeat(run.targets.len()))?;
+        for (row, check) in first.iter().enumerate() {
+            write!(out, "| {} |", check.promise)?;
+            for checks in &judged {
+                match checks.get(row) {
+                    Some(c) if c.met == Some(false) => {
+                        write!(out, " **MISSED: {}** |", c.measured)?;
+                    }
+                    Some(c) => write!(out, " {}: {} |", c.verdict(), c.measured)?,
+                    None => write!(out, " |")?,
+                }
             }
             writeln!(out)?;
-            writeln!(out, "|---|{}", "---|".repeat(checks.len()))?;
-            header = true;
-        }
-        write!(out, "| {} |", run.scenario.name())?;
-        for check in &checks {
-            if check.met {
-                write!(out, " met: {} |", check.measured)?;
-            } else {
-                write!(out, " **MISSED: {}** |", check.measured)?;
-            }
         }
         writeln!(out)?;
     }
-    writeln!(out)?;
     Ok(())
 }
 
@@ -159,6 +175,14 @@ fn scenario_section(out: &mut String, run: &ScenarioRun, charts_dir: &str) -> st
     writeln!(out)?;
     writeln!(out, "{}", run.scenario.what())?;
     writeln!(out)?;
+    if let Some(capacity) = run.capacity {
+        writeln!(
+            out,
+            "storagesvc's capacity with the fault's CPU limit, measured first: {capacity:.0} reads/s; this scenario's load: {} requests/s.",
+            run.plan.rate
+        )?;
+        writeln!(out)?;
+    }
     writeln!(out, "![{name} timeline]({charts_dir}/{name}.svg)")?;
     writeln!(out)?;
 
@@ -214,6 +238,18 @@ fn scenario_section(out: &mut String, run: &ScenarioRun, charts_dir: &str) -> st
             Reached::Unknown(why) => format!("unknown ({why})"),
         },
     )?;
+    row(out, "healthy phases: stale share", &|i| {
+        let healthy = &findings[i].healthy;
+        format!("{:.2}% of {}", healthy.percent(healthy.stale), healthy.sent)
+    })?;
+    if run.capacity.is_some() {
+        row(out, "fault phase: fresh answers a second", &|i| {
+            format!(
+                "{:.0}",
+                analysis::fresh_per_second(&run.plan, &findings[i].phase(Phase::Fault))
+            )
+        })?;
+    }
     row(out, "fault phase: p99 / max", &|i| {
         let fault = findings[i].phase(Phase::Fault);
         format!("{} / {}", ms(fault.p99), ms(fault.max))
@@ -343,7 +379,7 @@ const METHOD: &str = "## How it is measured
 - **Each scenario runs twice, one target at a time**: booksvc, then nginx, with the same schedule and the same fault. One at a time so that each is measured with the machine to itself (run together, nginx's doomed requests kept storagesvc busy through the fault and showed in booksvc's latency), and so that the requests reaching storagesvc during the fault are that target's alone.
 - **The load** is open-loop: each request is sent when it is due, on a fixed schedule, whether or not earlier ones were answered, and its latency counts from when it was due. A stall therefore shows as latency instead of as fewer requests.
 - **Each answer** is *fresh* (2xx from the origin), *stale* (2xx with a `Cache-Status` that has the `hit` parameter: served from a stored copy) or an *error* (any other status, a timeout after 5 s, a refused or reset connection). Requests are attributed to the phase in which they were due.
-- **Faults** go in with the Docker CLI on the compose project's containers (`docker stop`, which uses the stop signal the compose file sets, or `docker pause`) and are undone with `start` or `unpause`. The fault's moment is when that command is issued; the tables also give when it returned. *Health checks passing again* is the moment the repaired containers' own health checks (the ones in the compose file, run by the drill every 50 ms) all pass.
+- **Faults** go in with the Docker CLI on the compose project's containers (`docker stop`, which uses the stop signal the compose file sets, or `docker pause`) and are undone with `start` or `unpause`; a partition is iptables DROP rules (both directions, storagesvc's address and port) in the proxy container's network namespace; slow and flaky are storagesvc's fault-injection layer, set through its admin port; overload limits storagesvc's CPU with `docker update --cpus`. Every fault is undone at the end of its phase, and on any error or interrupt. The fault's moment is when that command is issued; the tables also give when it returned. *Health checks passing again* is the moment the repaired containers' own health checks (the ones in the compose file, run by the drill every 50 ms) all pass.
 - **Requests that reached storagesvc** during the fault are the growth of its `http_server_requests_total` on the book routes (its health and metrics endpoints left out) between the fault's injection and its repair; those it answered 2xx were served before the fault took effect. booksvc's breaker is read from its `/metrics` every 100 ms; a request counts as *breaker open* only when the readings before and after its due time both say open.
 - **Every sample** (due time, latency, send lag, status, `Cache-Status`) is written as CSV under `target/drill/` by the same run.
 

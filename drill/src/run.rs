@@ -8,17 +8,21 @@ use anyhow::{Context, bail};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::capacity;
 use crate::compose::{Compose, HealthCheck};
+use crate::fault::Fault;
 use crate::load::{get, run_open_loop};
 use crate::metrics::{self, BreakerTimeline};
 use crate::sample::{Class, Sample};
-use crate::scenario::{Part, Scenario};
+use crate::scenario::{Action, Part, Scenario};
 use crate::schedule::Plan;
 
 /// A proxy under test, with the storagesvc instance behind it.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub name: String,
+    /// Its compose service, whose network namespace a partition cuts.
+    pub service: String,
     /// What the load reads.
     pub url: String,
     /// `/metrics` of the storagesvc instance this target calls.
@@ -38,6 +42,11 @@ pub struct Stack {
     pub redis: Vec<String>,
     pub storagesvc: Vec<String>,
     pub request_timeout: Duration,
+    /// storagesvc's fault-injection endpoint, on its admin port.
+    pub storagesvc_faults: String,
+    /// storagesvc's books, read directly (to measure its capacity), with its token.
+    pub storagesvc_url: String,
+    pub storagesvc_token: String,
 }
 
 impl Stack {
@@ -47,6 +56,15 @@ impl Stack {
             Part::Redis => &self.redis,
             Part::Storagesvc => &self.storagesvc,
         }
+    }
+
+    /// The compose services `scenario` faults.
+    pub fn faulted(&self, scenario: Scenario) -> Vec<String> {
+        scenario
+            .parts()
+            .iter()
+            .flat_map(|part| self.services(*part).iter().cloned())
+            .collect()
     }
 }
 
@@ -90,6 +108,9 @@ pub struct ScenarioRun {
     pub scenario: Scenario,
     pub plan: Plan,
     pub targets: Vec<TargetRun>,
+    /// storagesvc's capacity (2xx reads a second) under the fault's CPU limit, measured
+    /// before the overload scenario, which sends twice that.
+    pub capacity: Option<f64>,
 }
 
 /// How often the breaker's state is read.
@@ -101,6 +122,13 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
 /// measured with the machine to itself: the other's load (nginx keeps storagesvc busy with
 /// doomed requests throughout a fault) would otherwise show in its latency.
 pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Result<ScenarioRun> {
+    let mut plan = plan;
+    let mut capacity = None;
+    if scenario.distinct_keys() {
+        let measured = measure_capacity(stack, scenario).await?;
+        plan.rate = (2.0 * measured).ceil().max(1.0) as u32;
+        capacity = Some(measured);
+    }
     let mut targets = Vec::new();
     for target in &stack.targets {
         progress(&format!(
@@ -116,7 +144,40 @@ pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Resul
         scenario,
         plan,
         targets,
+        capacity,
     })
+}
+
+/// storagesvc's capacity with the scenario's fault in (its CPU limited), read directly.
+async fn measure_capacity(stack: &Stack, scenario: Scenario) -> anyhow::Result<f64> {
+    let target = stack.targets.first().context("no target")?;
+    stack
+        .compose
+        .wait_all_healthy(Duration::from_secs(120))
+        .await
+        .context("the stack is not healthy before measuring storagesvc's capacity")?;
+    let mut fault = Fault::prepare(stack, scenario, target).await?;
+    progress(&format!(
+        "{}: storagesvc's capacity, {} closed loops for {} s, with {}",
+        scenario.name(),
+        capacity::WORKERS,
+        capacity::MEASURED.as_secs(),
+        fault.what
+    ));
+    fault.inject().await?;
+    let measured = capacity::measure(&stack.storagesvc_url, &stack.storagesvc_token).await;
+    fault.repair().await?;
+    let measured = measured?;
+    println!(
+        "{} storagesvc capacity: {measured:.0} reads/s (2xx, closed loop, {})",
+        scenario.name(),
+        fault.what
+    );
+    anyhow::ensure!(
+        measured > 0.0,
+        "storagesvc answered nothing while its capacity was measured"
+    );
+    Ok(measured)
 }
 
 async fn run_target(
@@ -125,11 +186,7 @@ async fn run_target(
     plan: Plan,
     target: &Target,
 ) -> anyhow::Result<TargetRun> {
-    let faulted: Vec<String> = scenario
-        .parts()
-        .iter()
-        .flat_map(|part| stack.services(*part).iter().cloned())
-        .collect();
+    let faulted = stack.faulted(scenario);
     let client = reqwest::Client::builder()
         .build()
         .context("building the HTTP client")?;
@@ -139,19 +196,29 @@ async fn run_target(
         .wait_all_healthy(Duration::from_secs(120))
         .await
         .context("the stack is not healthy before the run")?;
-    warm_up(&client, target).await?;
-    let containers = stack.compose.containers_of(&faulted).await?;
+    let urls: Vec<String> = if scenario.distinct_keys() {
+        (0..capacity::KEYS)
+            .map(|key| capacity::key_url(&target.url, key))
+            .collect()
+    } else {
+        vec![target.url.clone()]
+    };
+    for url in &urls {
+        warm_up(&client, target, url).await?;
+    }
+    let mut fault = Fault::prepare(stack, scenario, target).await?;
     let mut checks = Vec::new();
     for service in &faulted {
         checks.push(HealthCheck::of(&stack.compose, service).await?);
     }
 
     let start = Instant::now() + Duration::from_millis(100);
-    let url: Arc<str> = target.url.as_str().into();
+    let urls: Arc<[String]> = urls.into();
     let timeout = stack.request_timeout;
     let sender = client.clone();
-    let load = tokio::spawn(run_open_loop(plan, start, move |due_at, due| {
-        get(sender.clone(), url.to_string(), due_at, due, timeout)
+    let load = tokio::spawn(run_open_loop(plan, start, move |index, due_at, due| {
+        let url = urls[(index % urls.len() as u64) as usize].clone();
+        get(sender.clone(), url, due_at, due, timeout)
     }));
     let (stop_polling, polling) = watch::channel(false);
     let breaker = target.breaker_metrics.clone().map(|url| {
@@ -160,32 +227,27 @@ async fn run_target(
         (url, before, poller)
     });
 
-    // Injects or repairs the fault: when that began, and when the command returned.
-    let act = |verb: &'static str| {
-        let (containers, faulted) = (&containers, &faulted);
-        async move {
-            let at = start.elapsed();
-            progress(&format!(
-                "{}: {verb} {}",
-                scenario.name(),
-                faulted.join(" ")
-            ));
-            containers.act(verb).await?;
-            anyhow::Ok((at, start.elapsed()))
-        }
-    };
-
     tokio::time::sleep_until(start + plan.fault_start()).await;
     let reached_before = api_requests(&client, target).await;
-    let (fault_at, fault_done) = act(scenario.action().inject()).await?;
+    progress(&format!("{}: {}", scenario.name(), fault.what));
+    let fault_at = start.elapsed();
+    fault.inject().await?;
+    let fault_done = start.elapsed();
 
     tokio::time::sleep_until(start + plan.fault_end()).await;
     let reached = match (reached_before, api_requests(&client, target).await) {
         (Ok(before), Ok(after)) => Reached::Counted(after.since(before)),
-        (_, Err(_)) if faulted.contains(&target.upstream_service) => Reached::Stopped,
+        (_, Err(_))
+            if scenario.action() == Action::Stop && faulted.contains(&target.upstream_service) =>
+        {
+            Reached::Stopped
+        }
         (Err(error), _) | (_, Err(error)) => Reached::Unknown(format!("{error:#}")),
     };
-    let (repair_at, repair_done) = act(scenario.action().repair()).await?;
+    progress(&format!("{}: repairing", scenario.name()));
+    let repair_at = start.elapsed();
+    fault.repair().await?;
+    let repair_done = start.elapsed();
     let healthy_at = wait_healthy(&checks, start).await;
 
     let samples = load.await.context("the load task failed")?;
@@ -220,14 +282,14 @@ async fn run_target(
 
 /// Reads the target until it answers fresh, so its copy of the answer is stored before the
 /// fault ("a warm cache").
-async fn warm_up(client: &reqwest::Client, target: &Target) -> anyhow::Result<()> {
+async fn warm_up(client: &reqwest::Client, target: &Target, url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
         let due_at = Instant::now();
         let sample = get(
             client.clone(),
-            target.url.clone(),
+            url.to_owned(),
             due_at,
             Duration::ZERO,
             Duration::from_secs(5),
@@ -243,23 +305,35 @@ async fn warm_up(client: &reqwest::Client, target: &Target) -> anyhow::Result<()
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     bail!(
-        "{} ({}) gave no fresh answer within 30 s; last: {last}",
-        target.name,
-        target.url
+        "{} ({url}) gave no fresh answer within 30 s; last: {last}",
+        target.name
     )
 }
 
+/// storagesvc's request counts, asked up to three times: an overloaded storagesvc may be
+/// slow to answer even on its admin port.
 async fn api_requests(
     client: &reqwest::Client,
     target: &Target,
 ) -> anyhow::Result<metrics::ApiRequests> {
-    let text = metrics::scrape(client, &target.upstream_metrics).await?;
-    metrics::api_requests(&text).with_context(|| {
-        format!(
-            "{} has no http_server_requests_total",
-            target.upstream_metrics
-        )
-    })
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let read = async {
+            let text = metrics::scrape(client, &target.upstream_metrics).await?;
+            metrics::api_requests(&text).with_context(|| {
+                format!(
+                    "{} has no http_server_requests_total",
+                    target.upstream_metrics
+                )
+            })
+        };
+        match read.await {
+            Ok(requests) => return Ok(requests),
+            Err(error) if attempt >= 3 => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 async fn scrape_transitions(

@@ -15,29 +15,41 @@ pub enum Scenario {
     RedisStop,
     /// `stop` PostgreSQL and Redis together: only booksvc's in-memory copy is left.
     DatabaseAndRedisStop,
+    /// Packets between the proxy under test and storagesvc dropped (iptables in the
+    /// proxy's network namespace): connects and reads hang, nothing is refused.
+    StoragesvcPartition,
+    /// Every answer of storagesvc held back 2 s (its fault-injection layer).
+    StoragesvcSlow,
+    /// Half of storagesvc's answers `503` (its fault-injection layer).
+    StoragesvcFlaky,
+    /// Distinct keys at twice storagesvc's capacity, its CPU limited during the fault.
+    Overload,
 }
 
-/// What is done to the containers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What is done to the stack during the fault phase.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Action {
+    /// `docker stop`, repaired by `docker start`.
     Stop,
+    /// `docker pause`, repaired by `docker unpause`.
     Pause,
+    /// DROP rules for storagesvc's address and port, in the proxy's network namespace.
+    Partition,
+    /// A fault set on storagesvc's admin listener (`PUT /faults`), removed with `DELETE`.
+    StoragesvcFault { delay_ms: u64, error_rate: f64 },
+    /// storagesvc's CPU limited with `docker update --cpus`, and restored.
+    CpuLimit,
 }
 
-impl Action {
-    pub fn inject(self) -> &'static str {
-        match self {
-            Action::Stop => "stop",
-            Action::Pause => "pause",
-        }
-    }
-
-    pub fn repair(self) -> &'static str {
-        match self {
-            Action::Stop => "start",
-            Action::Pause => "unpause",
-        }
-    }
+/// The set of promises a scenario is judged on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Promises {
+    /// storagesvc cannot answer (or not in time): all 2xx, stale fast, few calls.
+    Outage,
+    /// storagesvc answers only part of the load: all 2xx, p99, the fresh rate it allows.
+    Overload,
+    /// storagesvc is fine: all 2xx and a low stale share.
+    Healthy,
 }
 
 /// A part of the stack, which may run as several compose services.
@@ -49,12 +61,16 @@ pub enum Part {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::DatabaseStop,
         Scenario::DatabasePause,
         Scenario::StoragesvcStop,
         Scenario::RedisStop,
         Scenario::DatabaseAndRedisStop,
+        Scenario::StoragesvcPartition,
+        Scenario::StoragesvcSlow,
+        Scenario::StoragesvcFlaky,
+        Scenario::Overload,
     ];
 
     pub fn name(self) -> String {
@@ -66,26 +82,53 @@ impl Scenario {
     pub fn action(self) -> Action {
         match self {
             Scenario::DatabasePause => Action::Pause,
-            _ => Action::Stop,
+            Scenario::StoragesvcPartition => Action::Partition,
+            Scenario::StoragesvcSlow => Action::StoragesvcFault {
+                delay_ms: 2000,
+                error_rate: 0.0,
+            },
+            Scenario::StoragesvcFlaky => Action::StoragesvcFault {
+                delay_ms: 0,
+                error_rate: 0.5,
+            },
+            Scenario::Overload => Action::CpuLimit,
+            Scenario::DatabaseStop
+            | Scenario::StoragesvcStop
+            | Scenario::RedisStop
+            | Scenario::DatabaseAndRedisStop => Action::Stop,
         }
     }
 
     pub fn parts(self) -> &'static [Part] {
         match self {
             Scenario::DatabaseStop | Scenario::DatabasePause => &[Part::Database],
-            Scenario::StoragesvcStop => &[Part::Storagesvc],
+            Scenario::StoragesvcStop
+            | Scenario::StoragesvcPartition
+            | Scenario::StoragesvcSlow
+            | Scenario::StoragesvcFlaky
+            | Scenario::Overload => &[Part::Storagesvc],
             Scenario::RedisStop => &[Part::Redis],
             Scenario::DatabaseAndRedisStop => &[Part::Database, Part::Redis],
         }
     }
 
-    /// Whether booksvc's promises (all 2xx, stale within 1.5 s, fresh within 3 s, p99
-    /// with the breaker open, upstream calls) are judged on this scenario.
-    pub fn has_targets(self) -> bool {
-        matches!(
-            self,
-            Scenario::DatabaseStop | Scenario::DatabasePause | Scenario::StoragesvcStop
-        )
+    /// Which promises are judged on this scenario.
+    pub fn promises(self) -> Promises {
+        match self {
+            Scenario::DatabaseStop
+            | Scenario::DatabasePause
+            | Scenario::StoragesvcStop
+            | Scenario::StoragesvcPartition
+            | Scenario::StoragesvcSlow
+            | Scenario::StoragesvcFlaky => Promises::Outage,
+            Scenario::Overload => Promises::Overload,
+            Scenario::RedisStop | Scenario::DatabaseAndRedisStop => Promises::Healthy,
+        }
+    }
+
+    /// Whether the load reads many distinct keys (one page each) rather than one list.
+    pub fn distinct_keys(self) -> bool {
+        self == Scenario::Overload
     }
 
     /// One line for the report.
@@ -106,6 +149,18 @@ impl Scenario {
             Scenario::DatabaseAndRedisStop => {
                 "PostgreSQL and Redis are stopped together: booksvc has only the copy in its own memory."
             }
+            Scenario::StoragesvcPartition => {
+                "Packets between the proxy under test and storagesvc are dropped (iptables DROP rules in the proxy container's network namespace, both directions, storagesvc's port): connects and reads hang, nothing is refused."
+            }
+            Scenario::StoragesvcSlow => {
+                "storagesvc holds every answer back 2 s (its fault-injection layer, `PUT /faults` on its admin port)."
+            }
+            Scenario::StoragesvcFlaky => {
+                "storagesvc answers every other request `503` with `Retry-After: 1` (its fault-injection layer)."
+            }
+            Scenario::Overload => {
+                "Reads of distinct warm keys (`/books?limit=1&offset=k`) at twice storagesvc's capacity, measured first with the same CPU limit; during the fault storagesvc's CPU is limited (`docker update --cpus`)."
+            }
         }
     }
 }
@@ -124,7 +179,11 @@ mod tests {
                 "database-pause",
                 "storagesvc-stop",
                 "redis-stop",
-                "database-and-redis-stop"
+                "database-and-redis-stop",
+                "storagesvc-partition",
+                "storagesvc-slow",
+                "storagesvc-flaky",
+                "overload"
             ]
         );
         for scenario in Scenario::ALL {
@@ -133,9 +192,19 @@ mod tests {
     }
 
     #[test]
-    fn a_pause_is_undone_by_unpause_and_a_stop_by_start() {
-        assert_eq!(Scenario::DatabasePause.action().repair(), "unpause");
-        assert_eq!(Scenario::DatabaseAndRedisStop.action().inject(), "stop");
-        assert_eq!(Scenario::DatabaseAndRedisStop.action().repair(), "start");
+    fn the_new_faults_are_on_storagesvc_or_between_it_and_the_proxy() {
+        assert_eq!(Scenario::StoragesvcPartition.action(), Action::Partition);
+        assert_eq!(
+            Scenario::StoragesvcFlaky.action(),
+            Action::StoragesvcFault {
+                delay_ms: 0,
+                error_rate: 0.5
+            }
+        );
+        assert_eq!(Scenario::Overload.promises(), Promises::Overload);
+        assert_eq!(Scenario::RedisStop.promises(), Promises::Healthy);
+        for scenario in [Scenario::StoragesvcSlow, Scenario::Overload] {
+            assert_eq!(scenario.parts(), [Part::Storagesvc]);
+        }
     }
 }

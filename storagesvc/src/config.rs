@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "AUTH_BASIC_USERS", hide_env_values = true)]
     pub auth_basic_users: Option<String>,
 
+    /// Fault injection for the failure drill: `PUT /faults` on the admin listener delays
+    /// or fails /books* (storagesvc/src/faults.rs). Never on in production.
+    #[arg(long, env = "FAULT_INJECTION")]
+    pub fault_injection: bool,
+
     #[command(flatten)]
     pub jwt: JwtArgs,
 
@@ -185,6 +190,7 @@ mod tests {
         assert_eq!(config.db_acquire_timeout, Duration::from_millis(500));
         assert_eq!(config.db_commit_timeout, Duration::from_secs(2));
         assert_eq!(config.db_retry_after, Duration::from_secs(1));
+        assert!(!config.fault_injection);
     }
 
     #[test]
@@ -302,6 +308,12 @@ mod tests {
         assert!(err.contains("AUTH_BASIC_USERS"), "{err}");
         assert!(err.contains("Argon2"), "{err}");
         assert!(!err.contains("secret"), "the value is not echoed: {err}");
+    }
+
+    #[test]
+    fn fault_injection_is_off_unless_asked_for() {
+        assert!(!parse(&[]).unwrap().fault_injection);
+        assert!(parse(&["--fault-injection"]).unwrap().fault_injection);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod config;
 mod db;
 mod domain;
 mod error;
+mod faults;
 pub mod hash_password;
 mod reachability;
 mod routes;

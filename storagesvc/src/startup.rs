@@ -58,13 +58,15 @@ impl Application {
                 credentials,
                 require_credentials,
             ));
+        let (books, faults_admin) = crate::faults::install(config.fault_injection, books);
         let health = Health::builder()
             .critical("database", DatabaseCheck(db))
             .build();
         let public = books.merge(health.clone().public_routes());
         let admin = health
             .admin_routes()
-            .merge(shared::metrics::routes(Arc::new(registry)));
+            .merge(shared::metrics::routes(Arc::new(registry)))
+            .merge(faults_admin);
 
         let service = Service::new(
             (listener, public),
