@@ -90,7 +90,7 @@ pub struct Config {
     pub breaker_open_max: Duration,
 
     /// While the breaker is open, how often storagesvc's health is checked to end it early.
-    #[arg(long, env = "BREAKER_PROBE_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "BREAKER_PROBE_INTERVAL", default_value = "250ms", value_parser = parse_positive_duration)]
     pub breaker_probe_interval: Duration,
 
     /// How long Redis keeps a last good answer.

@@ -32,6 +32,7 @@ use prometheus_client::registry::Registry;
 use resilience::{BreakerState, CallError, StaleAfter};
 use shared::Problem;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::cache_status;
@@ -96,12 +97,13 @@ struct FallbackLabels {
 /// What one upstream read produced, shared by every coalesced caller.
 type CallResult = Result<AttemptValue, CallError<AttemptValue>>;
 
-/// One call in flight, as its readers hold it: its result when it ends, and whether an
-/// attempt has failed yet.
+/// One call in flight, as its readers hold it: its result when it ends, whether an attempt
+/// has failed yet, and when it started (lateness is the call's, not each reader's).
 #[derive(Clone)]
 struct Call {
     result: Shared<BoxFuture<'static, Arc<CallResult>>>,
     attempt_failed: watch::Receiver<bool>,
+    started: Instant,
 }
 
 /// What the read path needs.
@@ -189,8 +191,9 @@ enum First {
     Trouble(Why),
 }
 
-/// The call's result, or its first failed attempt, or the stale-after bound passing,
-/// whichever comes first.
+/// The call's result, or its first failed attempt, or the stale-after bound passing since
+/// the call started, whichever comes first. A read that joins a call already late is told
+/// at once, as every other reader of that call is: the call is late, whoever waits for it.
 async fn first_of(call: &Call, stale_after: Option<Duration>) -> First {
     let mut attempt_failed = call.attempt_failed.clone();
     let failed = async move {
@@ -202,7 +205,7 @@ async fn first_of(call: &Call, stale_after: Option<Duration>) -> First {
     };
     let late = async {
         match stale_after {
-            Some(after) => tokio::time::sleep(after).await,
+            Some(after) => tokio::time::sleep_until(call.started + after).await,
             None => std::future::pending().await,
         }
     };
@@ -274,6 +277,7 @@ impl ReadPath {
         Call {
             result,
             attempt_failed,
+            started: Instant::now(),
         }
     }
 
@@ -411,7 +415,6 @@ fn insert_text(headers: &mut axum::http::HeaderMap, name: HeaderName, value: &st
 #[cfg(test)]
 mod tests {
     use resilience::{AttemptOutcome, BreakerOpen};
-    use tokio::time::Instant;
 
     use super::*;
 
@@ -443,6 +446,7 @@ mod tests {
         Call {
             result,
             attempt_failed,
+            started: Instant::now(),
         }
     }
 
@@ -482,6 +486,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_reader_joining_a_late_call_waits_only_what_is_left_of_the_bound() {
+        let call = scripted_call(ms(2000), None);
+        tokio::time::sleep(ms(45)).await;
+        // Joined 45 ms into the call: the bound (60 ms) passes 15 ms later.
+        assert_eq!(
+            decide(call.clone(), Some(ms(60))).await,
+            ("upstream-late", ms(15))
+        );
+        // Joined after the bound: told at once.
+        assert_eq!(decide(call, Some(ms(60))).await, ("upstream-late", ms(0)));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn with_stale_after_off_only_a_failure_ends_the_wait() {
         let call = scripted_call(ms(2000), None);
         assert_eq!(decide(call, None).await, ("answer", ms(2000)));
@@ -501,6 +518,7 @@ mod tests {
             let call = Call {
                 result: futures::future::ready(Arc::new(result)).boxed().shared(),
                 attempt_failed,
+                started: Instant::now(),
             };
             let started = Instant::now();
             let First::Answer(result) = first_of(&call, Some(ms(60))).await else {

@@ -35,7 +35,7 @@ const BREAKER_THRESHOLD: usize = 5;
 const RETRY_FLOOR: f64 = 3.0;
 const RETRY_RATIO: f64 = 0.2;
 /// `BREAKER_PROBE_INTERVAL`: how often storagesvc's health is asked while the breaker is open.
-const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// The shortest time from the breaker's opening to its first probe: half its first open
 /// delay of 1 s (the delay is jittered between half and all of it).
 const FIRST_PROBE_AFTER: Duration = Duration::from_millis(500);
