@@ -2,9 +2,11 @@
 # The user's story, automated and timed: bring the stack up with Docker Compose,
 # check that it is hardened (read-only, no capabilities, no new privileges,
 # limits, booksvc cut off from PostgreSQL, Redis behind a password, writes
-# behind a credential), read books through booksvc, stop the database and watch
-# the stale answers, start it and watch fresh ones return, and check that data
-# survives `down` but not `down -v`. Any deviation fails the script; everything
+# behind a credential, marked `fwd=method`), read books through booksvc, stop
+# the database and watch the stale answers, booksvc's readiness (still up, and
+# nothing but {"status":"up"}) and its breaker opening in the log, start it and
+# watch fresh ones return as the log shows the breaker close, and check that
+# data survives `down` but not `down -v`. Any deviation fails the script; everything
 # it started is removed at the end, on failure too.
 #
 # Images: with STORAGESVC_IMAGE and BOOKSVC_IMAGE set (scripts/offline-images.sh
@@ -32,6 +34,8 @@ readonly BASE="http://127.0.0.1:$PORT"
 readonly HEALTHY_WITHIN=90
 readonly STALE_WITHIN=2
 readonly FRESH_WITHIN=10
+readonly BREAKER_OPEN_WITHIN=10
+readonly LOG_WITHIN=5
 
 readonly FRESH='booksvc; fwd=miss; stored'
 readonly FORWARDED_WRITE='booksvc; fwd=method'
@@ -221,6 +225,26 @@ wait_fresh() {
 
 is_stale() { [[ $1 == "$STALE_PREFIX"* ]]; }
 
+# booksvc_log_has TEXT...: whether one line of booksvc's log holds every TEXT.
+booksvc_log_has() {
+	local lines text
+	lines=$(compose logs --no-color booksvc 2>/dev/null) || return 1
+	for text in "$@"; do
+		lines=$(grep -F -- "$text" <<<"$lines") || return 1
+	done
+}
+
+# wait_for_log SECONDS TEXT...: waits until a line of booksvc's log holds every TEXT.
+wait_for_log() {
+	local limit=$1 t0=$SECONDS
+	shift
+	until booksvc_log_has "$@"; do
+		((SECONDS - t0 < limit)) || die "no line of booksvc's log holds $* within $limit s"
+		sleep 0.2
+	done
+	log "    booksvc logged: $*"
+}
+
 # With the database gone, the next read is the stored body, marked stale, fast.
 assert_stale() {
 	local expected_body=$1
@@ -325,6 +349,7 @@ expect "a POST with the writer token answers 201" test "$STATUS" = 201
 expect "the write is marked forwarded by method" test "$CACHE_STATUS" = "$FORWARDED_WRITE"
 request DELETE "$LOCATION" "" "$WRITER_TOKEN"
 expect "a DELETE with the writer token answers 204" test "$STATUS" = 204
+expect "the DELETE is marked forwarded by method" test "$CACHE_STATUS" = "$FORWARDED_WRITE"
 
 step "read: curl $BASE/ returns the seed books, forwarded and stored"
 request GET /
@@ -338,9 +363,34 @@ quietly compose stop database
 assert_stale "$fresh_body"
 for _ in 1 2 3; do assert_stale "$fresh_body"; done
 
-step "compose start database: fresh answers within $FRESH_WITHIN s"
+step "booksvc stays ready, and its public readiness says only that"
+request GET /.well-known/health
+expect "booksvc's readiness answers 200 while the database is down" test "$STATUS" = 200
+expect 'the public readiness body is {"status":"up"} and nothing else' test "$BODY" = '{"status":"up"}'
+
+step "booksvc's breaker opens (its log says so), then reads are answered breaker-open"
+t0=$SECONDS
+until booksvc_log_has 'circuit breaker for storagesvc opened' '"from":"closed"' '"to":"open"'; do
+	((SECONDS - t0 < BREAKER_OPEN_WITHIN)) || die "booksvc's log shows no breaker opening within $BREAKER_OPEN_WITHIN s of reads"
+	assert_stale "$fresh_body"
+	sleep 0.2
+done
+log "    opened after $((SECONDS - t0)) s of reads"
+# The first open delay is at least half a second; the read that comes after it is the
+# half-open probe, answered upstream-unavailable, so a few tries are allowed.
+for _ in 1 2 3 4 5; do
+	assert_stale "$fresh_body"
+	[[ $CACHE_STATUS == "${STALE_PREFIX}breaker-open" ]] && break
+	sleep 0.1
+done
+expect "a read while the breaker is open says breaker-open" test "$CACHE_STATUS" = "${STALE_PREFIX}breaker-open"
+wait_for_log "$LOG_WITHIN" 'answering from the last-good store' '"reason":"breaker-open"'
+
+step "compose start database: fresh answers within $FRESH_WITHIN s, the breaker closed again"
 quietly compose start database
 wait_fresh / "$FRESH_WITHIN"
+wait_for_log "$LOG_WITHIN" 'circuit breaker for storagesvc changed state' '"from":"open"' '"to":"half_open"'
+wait_for_log "$LOG_WITHIN" 'circuit breaker for storagesvc changed state' '"from":"half_open"' '"to":"closed"'
 
 database_container=$(docker inspect -f '{{.Name}}' "$(container_of database)")
 database_container=${database_container#/}

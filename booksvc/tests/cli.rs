@@ -59,7 +59,7 @@ async fn help_lists_every_variable_with_its_default() {
         ("RETRY_BUDGET_RATIO", "0.2"),
         ("BREAKER_CONSECUTIVE_FAILURES", "5"),
         ("BREAKER_OPEN_MAX", "30s"),
-        ("BREAKER_PROBE_INTERVAL", "1s"),
+        ("BREAKER_PROBE_INTERVAL", "250ms"),
         ("CACHE_TTL", "24h"),
         ("CACHE_READ_TIMEOUT", "100ms"),
         ("CACHE_MEMORY_BYTES", "33554432"),

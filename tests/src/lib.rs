@@ -12,6 +12,7 @@ pub mod poll;
 pub mod process;
 pub mod proxy;
 pub mod raw_http;
+pub mod readme;
 pub mod server;
 pub mod storagesvc;
 pub mod token_server;
