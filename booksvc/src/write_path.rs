@@ -199,18 +199,33 @@ shared::response!(
     Deleted = empty_response("Deleted, as storagesvc answered.", &[passed_on()])
 );
 
-/// The `Idempotency-Key` of a write, as booksvc treats it: forwarded, and what makes a
-/// retry safe.
-pub struct IdempotencyKeyHeader;
+/// The `Idempotency-Key` of a create: forwarded, what makes a retry safe, and checked by
+/// storagesvc (a `400` from it, passed on, for a key it does not accept).
+pub struct CreateIdempotencyKey;
 
-impl utoipa::IntoParams for IdempotencyKeyHeader {
+impl utoipa::IntoParams for CreateIdempotencyKey {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         vec![shared::openapi::header_parameter(
             "Idempotency-Key",
-            "Forwarded to storagesvc. With it booksvc retries the write when an attempt \
-             fails (storagesvc answers a repeat with the first response, \
-             `Idempotent-Replayed: true`); without it the write is sent once. storagesvc \
-             reads it on `POST /books` only: 1 to 255 visible ASCII characters, else `400`.",
+            "Forwarded to storagesvc. With it booksvc retries the create when an attempt \
+             fails, and storagesvc answers a repeat with the first response \
+             (`Idempotent-Replayed: true`); without it the create is sent once. 1 to 255 \
+             visible ASCII characters (storagesvc answers `400` otherwise).",
+            shared::books::idempotency_key_schema(),
+        )]
+    }
+}
+
+/// The `Idempotency-Key` of a replace or a delete: forwarded (storagesvc does not read
+/// it there), and what lets booksvc retry the write.
+pub struct RepeatableIdempotencyKey;
+
+impl utoipa::IntoParams for RepeatableIdempotencyKey {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![shared::openapi::header_parameter(
+            "Idempotency-Key",
+            "Any value: with it booksvc retries the write when an attempt fails (repeating a \
+             replace or a delete changes nothing more); without it the write is sent once.",
             string_schema(None),
         )]
     }
@@ -230,7 +245,7 @@ pub struct DeleteBook;
     summary = "Create a book",
     description = "Passed to storagesvc, never answered from the store; storagesvc's answer \
         is passed on as it came. Takes no query parameters.",
-    params(IdempotencyKeyHeader),
+    params(CreateIdempotencyKey),
     request_body(content = BookPayload, content_type = "application/json",
         description = "Passed on to storagesvc as it came, with its `Content-Type`."),
     security(("writerToken" = []), ("writerApiKey" = [])),
@@ -244,7 +259,7 @@ pub struct DeleteBook;
     summary = "Replace a book",
     description = "Passed to storagesvc, never answered from the store; storagesvc's answer \
         is passed on as it came. Takes no query parameters.",
-    params(BookId, IdempotencyKeyHeader),
+    params(BookId, RepeatableIdempotencyKey),
     request_body(content = BookPayload, content_type = "application/json",
         description = "Passed on to storagesvc as it came, with its `Content-Type`."),
     security(("writerToken" = []), ("writerApiKey" = [])),
@@ -258,7 +273,7 @@ pub struct DeleteBook;
     summary = "Delete a book",
     description = "Passed to storagesvc, never answered from the store; storagesvc's answer \
         is passed on as it came. Takes no query parameters.",
-    params(BookId, IdempotencyKeyHeader),
+    params(BookId, RepeatableIdempotencyKey),
     security(("writerToken" = []), ("writerApiKey" = [])),
     responses((status = 204, response = inline(Deleted)), DeleteAnswers)
 )]

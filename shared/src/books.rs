@@ -9,6 +9,8 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_AUTHOR_CHARS: usize = 200;
 pub const MAX_DESC_CHARS: usize = 4000;
+/// The longest `Idempotency-Key` storagesvc accepts on a create.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// A stored book, in the wire format of the original service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -84,4 +86,15 @@ pub fn text_pattern(max_chars: usize, may_be_empty: bool) -> String {
         text
     };
     format!("^[{SPACE}]*{text}[{SPACE}]*$")
+}
+
+/// The `Idempotency-Key` of a create as storagesvc accepts it (`domain::IdempotencyKey`):
+/// 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII characters (spaces and tabs inside).
+pub fn idempotency_key_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
+        .pattern(Some(r"^[!-~](?:[\t -~]*[!-~])?$"))
+        .build()
 }

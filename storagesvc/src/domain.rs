@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
 
-pub use shared::books::{Book, BookPayload, MAX_AUTHOR_CHARS, MAX_DESC_CHARS, MAX_TITLE_CHARS};
+pub use shared::books::{
+    Book, BookPayload, MAX_AUTHOR_CHARS, MAX_DESC_CHARS, MAX_IDEMPOTENCY_KEY_LEN, MAX_TITLE_CHARS,
+};
 
 pub const DEFAULT_PAGE_LIMIT: i64 = 100;
 pub const MAX_PAGE_LIMIT: i64 = 1000;
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// A book's fields after validation; only `NewBook::parse` makes one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -160,18 +161,12 @@ impl utoipa::IntoParams for IdempotencyKey {
     fn into_params(
         _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
     ) -> Vec<utoipa::openapi::path::Parameter> {
-        let schema = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .min_length(Some(1))
-            .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
-            .pattern(Some(r"^[!-~](?:[\t -~]*[!-~])?$"))
-            .build();
         vec![shared::openapi::header_parameter(
             "Idempotency-Key",
             "Makes the create safe to repeat: a repeat with the same key and body gets the \
              first response again (`Idempotent-Replayed: true`), with another body `422`. \
              1 to 255 visible ASCII characters.",
-            schema,
+            shared::books::idempotency_key_schema(),
         )]
     }
 }
