@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use shared::openapi::{HeaderSpec, string_enum_schema, string_schema};
+
 /// The cache name in every `Cache-Status` value.
 pub const CACHE_NAME: &str = "booksvc";
 
@@ -32,6 +34,31 @@ pub fn stale_hit(detail: &str) -> String {
 /// `Age` in whole seconds, as RFC 9111 requires.
 pub fn age_seconds(age: Duration) -> String {
     age.as_secs().to_string()
+}
+
+/// `Cache-Status` as a document lists it: one of `values`, on every response of its
+/// status if `required`.
+pub fn header(values: Vec<String>, required: bool) -> HeaderSpec {
+    let header = HeaderSpec::new(
+        "Cache-Status",
+        "RFC 9211, cache `booksvc`: `fwd=miss; stored` a fresh answer from storagesvc, kept; \
+         `fwd=miss` a fresh answer not kept (a 4xx); `fwd=method` a write's answer, passed \
+         on; `hit; detail=...` the last good answer, served because storagesvc failed \
+         (`upstream-unavailable`), was late (`upstream-late`), the breaker is open \
+         (`breaker-open`) or the concurrency limit refused the call (`shed`).",
+        string_enum_schema(values),
+    );
+    if required { header.required() } else { header }
+}
+
+/// `Age` as a document lists it: on stored answers only.
+pub fn age_header() -> HeaderSpec {
+    HeaderSpec::new(
+        "Age",
+        "How old the stored answer is, in whole seconds; only on answers from the store \
+         (`Cache-Status: booksvc; hit; ...`).",
+        string_schema(Some("^[0-9]+$")),
+    )
 }
 
 #[cfg(test)]

@@ -31,17 +31,38 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use resilience::{BreakerState, CallError, StaleAfter};
 use shared::Problem;
+use shared::openapi::{Answers, json_response};
+use shared::problem::{INVALID_PATH, INVALID_QUERY, NOT_FOUND, ProblemType};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
+use utoipa::openapi::Ref;
+use utoipa::openapi::schema::ArrayBuilder;
 
 use crate::cache_status;
 use crate::coalesce::{Coalescer, EntryId};
 use crate::last_good::{CacheKey, LastGoodStore, StoredResponse};
-use crate::request::BookQuery;
+use crate::request::{BookId, BookQuery};
 use crate::upstream::{AttemptValue, Upstream, UpstreamResponse};
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// A read that storagesvc could not answer, with nothing stored for it.
+pub const BOOKS_UNAVAILABLE: ProblemType = ProblemType::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "books-unavailable",
+    "storagesvc failed, refused the call or the breaker is open, and no earlier answer is \
+     stored for this request; retry after Retry-After",
+);
+
+/// booksvc cannot make the call as configured (an invalid target, a credential it cannot
+/// obtain); nothing was sent.
+pub const UPSTREAM_MISCONFIGURED: ProblemType = ProblemType::new(
+    StatusCode::BAD_GATEWAY,
+    "upstream-misconfigured",
+    "booksvc cannot call storagesvc as configured (its credential or address); nothing \
+     was sent, the reason is in booksvc's log",
+);
 
 /// What a read waits for before it gives up on a fresh answer, given a stored one.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +88,8 @@ enum Why {
 }
 
 impl Why {
+    const ALL: [Why; 4] = [Why::Failed, Why::Late, Why::BreakerOpen, Why::Shed];
+
     fn as_str(self) -> &'static str {
         match self {
             Why::Failed => "upstream-unavailable",
@@ -139,7 +162,89 @@ impl ReadPath {
     }
 }
 
+/// Every `Cache-Status` a read's `200` may carry: fresh, or stored for any reason.
+fn read_cache_statuses() -> Vec<String> {
+    std::iter::once(cache_status::forwarded_and_stored())
+        .chain(Why::ALL.map(|why| cache_status::stale_hit(why.as_str())))
+        .collect()
+}
+
+/// The `200` of a read: `body`, fresh or stored.
+fn read_ok(
+    body: impl Into<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
+) -> utoipa::openapi::response::Response {
+    json_response(
+        "storagesvc's answer byte for byte (`Cache-Status: booksvc; fwd=miss; stored`), or, \
+         when storagesvc fails, is refused or is late, the last good answer to the same \
+         request (`Cache-Status: booksvc; hit; detail=...`, with `Age`).",
+        body,
+        &[
+            cache_status::header(read_cache_statuses(), true),
+            cache_status::age_header(),
+        ],
+    )
+}
+
+shared::response!(
+    /// The `200` of `GET /` and `GET /books`.
+    BooksPage = read_ok(ArrayBuilder::new().items(Ref::from_schema_name("Book")))
+);
+
+shared::response!(
+    /// The `200` of `GET /books/{id}`.
+    OneBook = read_ok(Ref::from_schema_name("Book"))
+);
+
+/// What every read may answer besides its own: storagesvc out of reach with nothing
+/// stored, or booksvc unable to call it, on top of the server's own answers.
+fn read_answers() -> Answers {
+    Answers::new().problems(&[BOOKS_UNAVAILABLE, UPSTREAM_MISCONFIGURED])
+}
+
+shared::answers!(pub ListAnswers = read_answers().problems(&[INVALID_QUERY]));
+
+shared::answers!(pub OneAnswers = read_answers()
+    .problems(&[INVALID_PATH, INVALID_QUERY, NOT_FOUND])
+    .header(404, cache_status::header(vec![cache_status::forwarded_not_stored()], false)));
+
+/// The operations [`read`] serves, one per route, for the OpenAPI document.
+pub struct ReadRoot;
+pub struct ReadList;
+pub struct ReadOne;
+
 /// `GET /`, `GET /books`, `GET /books/{id}`.
+#[utoipa::path(
+    get,
+    path = "/",
+    impl_for = ReadRoot,
+    operation_id = "listBooksAtRoot",
+    summary = "List books (the root)",
+    description = "The same as `GET /books`: one request and one stored answer with it.",
+    params(BookQuery),
+    responses((status = 200, response = inline(BooksPage)), ListAnswers)
+)]
+#[utoipa::path(
+    get,
+    path = "/books",
+    impl_for = ReadList,
+    operation_id = "listBooks",
+    summary = "List books",
+    description = "One page of the books, ordered by id. Public. Parsed before anything is \
+        sent: storagesvc is asked `/books?limit=N&offset=M`, built from the parsed values.",
+    params(BookQuery),
+    responses((status = 200, response = inline(BooksPage)), ListAnswers)
+)]
+#[utoipa::path(
+    get,
+    path = "/books/{id}",
+    impl_for = ReadOne,
+    operation_id = "getBook",
+    summary = "Get a book",
+    description = "Public. Takes no query parameters. A `404` is storagesvc's, passed on \
+        (`Cache-Status: booksvc; fwd=miss`), never stored.",
+    params(BookId),
+    responses((status = 200, response = inline(OneBook)), OneAnswers)
+)]
 pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
     // 1. Parse, then key: only the parsed value is used from here on.
     let query = match BookQuery::from_uri(&uri) {
@@ -292,9 +397,8 @@ impl ReadPath {
             Ok(Err(reason)) => {
                 // The reason may name a token URL or an address: the log has it, the caller not.
                 tracing::error!(%reason, "storagesvc cannot be asked");
-                Problem::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream-misconfigured",
+                Problem::of(
+                    UPSTREAM_MISCONFIGURED,
                     "booksvc cannot call storagesvc as configured; the error is in its log",
                 )
                 .into_response()
@@ -318,7 +422,7 @@ impl ReadPath {
         let reason = describe(failure);
         tracing::warn!(key = key.as_str(), %reason, "storagesvc failed and no last good answer is stored");
         Problem::unavailable(
-            "books-unavailable",
+            BOOKS_UNAVAILABLE,
             format!(
                 "storagesvc is unavailable ({reason}) and no earlier answer is stored for this request"
             ),

@@ -13,9 +13,14 @@
 //! digits only (no sign, no spaces), at most [`MAX_NUMBER_CHARS`] of them, and every
 //! parameter appears at most once.
 
-use axum::http::{StatusCode, Uri};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 use shared::Problem;
+use shared::problem::{INVALID_PATH, INVALID_QUERY};
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 
 use crate::last_good::CacheKey;
 
@@ -132,11 +137,75 @@ impl InvalidRequest {
 
 impl IntoResponse for InvalidRequest {
     fn into_response(self) -> Response {
-        let (slug, detail) = match self {
-            InvalidRequest::Path(detail) => ("invalid-path", detail),
-            InvalidRequest::Query(detail) => ("invalid-query", detail),
+        let (kind, detail) = match self {
+            InvalidRequest::Path(detail) => (INVALID_PATH, detail),
+            InvalidRequest::Query(detail) => (INVALID_QUERY, detail),
         };
-        Problem::new(StatusCode::BAD_REQUEST, slug, detail).into_response()
+        Problem::of(kind, detail).into_response()
+    }
+}
+
+/// What `BookId::parse` accepts, for the OpenAPI document: the `{id}` of `/books/{id}`.
+impl utoipa::IntoParams for BookId {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1))
+            .maximum(Some(i64::MAX))
+            .build();
+        vec![
+            ParameterBuilder::new()
+                .name("id")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(format!(
+                    "A book id: a positive integer within an int64, as at most \
+                     {MAX_NUMBER_CHARS} ASCII digits (leading zeros allowed, no sign)."
+                )))
+                .schema(Some(schema))
+                .build(),
+        ]
+    }
+}
+
+/// What `parse_page` accepts, for the OpenAPI document: the query of `GET /` and
+/// `GET /books`. Nothing else is accepted, and each at most once.
+impl utoipa::IntoParams for BookQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let integer = |minimum: u64, maximum: u64, default: u64| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(minimum))
+                .maximum(Some(maximum))
+                .default(Some(json!(default)))
+                .build()
+        };
+        let parameter = |name: &str, description: String, schema| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(description))
+                .schema(Some(schema))
+                .build()
+        };
+        vec![
+            parameter(
+                "limit",
+                format!(
+                    "How many books at most (1 to {MAX_PAGE_LIMIT}; {DEFAULT_PAGE_LIMIT} when \
+                     absent)."
+                ),
+                integer(1, u64::from(MAX_PAGE_LIMIT), u64::from(DEFAULT_PAGE_LIMIT)),
+            ),
+            parameter(
+                "offset",
+                "How many books to skip, in id order (0 when absent).".to_owned(),
+                integer(0, i64::MAX.unsigned_abs(), 0),
+            ),
+        ]
     }
 }
 

@@ -161,7 +161,8 @@ impl Application {
         let public = routes.merge(health.clone().public_routes());
         let admin = health
             .admin_routes()
-            .merge(shared::metrics::routes(Arc::new(registry)));
+            .merge(shared::metrics::routes(Arc::new(registry)))
+            .merge(shared::openapi::routes(&crate::openapi::document())?);
         let service = Service::new(
             (listener, public),
             (admin_listener, admin),

@@ -33,12 +33,22 @@ use axum::response::{IntoResponse, Response};
 use resilience::{AttemptOutcome, CallError};
 use shared::Problem;
 use shared::extract::Body;
+use shared::openapi::{Answers, HeaderSpec, empty_response, json_response, string_schema};
+use shared::problem::{
+    BAD_REQUEST, BODY_TOO_LARGE, DATABASE_UNAVAILABLE, FAULT_INJECTED, IDEMPOTENCY_KEY_REUSED,
+    INTERNAL, INVALID_INPUT, INVALID_PATH, INVALID_QUERY, MALFORMED_JSON, NOT_FOUND,
+    OUTCOME_UNKNOWN, OVERLOADED, ProblemType, REQUEST_TIMEOUT, UNAUTHORIZED, UNREADABLE_BODY,
+    UNSUPPORTED_MEDIA_TYPE,
+};
+use utoipa::openapi::Ref;
+use utoipa::openapi::path::{Parameter, ParameterIn};
 
 use crate::cache_status;
 use crate::last_good::LastGoodStore;
-use crate::read_path::forwarded;
-use crate::request::WriteTarget;
+use crate::read_path::{UPSTREAM_MISCONFIGURED, forwarded};
+use crate::request::{BookId, WriteTarget};
 use crate::upstream::{AttemptValue, Delivery, Retries, Upstream, UpstreamRequest};
+use shared::books::BookPayload;
 
 /// The caller's key that makes a write safe to retry (forwarded to storagesvc as is).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -49,7 +59,224 @@ const PASSED_ON: [HeaderName; 2] = [header::CONTENT_TYPE, IDEMPOTENCY_KEY];
 /// How long a caller is asked to wait when storagesvc could not be reached at all.
 const UNREACHABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Nothing was sent: the breaker is open, or storagesvc could not be connected to.
+pub const STORAGESVC_UNAVAILABLE: ProblemType = ProblemType::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "storagesvc-unavailable",
+    "the write was not sent (the breaker is open, the connection was refused, the name was \
+     not found): not applied, safe to send again after Retry-After",
+);
+
+/// Nothing was sent: the concurrency limit toward storagesvc refused the call.
+pub const STORAGESVC_OVERLOADED: ProblemType = ProblemType::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "storagesvc-overloaded",
+    "too many calls to storagesvc are in flight; the write was not sent, not applied",
+);
+
+/// The request may have reached storagesvc, and no usable answer came back.
+pub const UPSTREAM_BROKEN: ProblemType = ProblemType::new(
+    StatusCode::BAD_GATEWAY,
+    "upstream-broken",
+    "the connection to storagesvc broke after the request may have reached it, or its \
+     answer was unusable: the write may have been applied",
+);
+
+/// No answer in time.
+pub const UPSTREAM_TIMEOUT: ProblemType = ProblemType::new(
+    StatusCode::GATEWAY_TIMEOUT,
+    "upstream-timeout",
+    "storagesvc did not answer in time: the write may have been applied; only a retry \
+     with the same Idempotency-Key is safe",
+);
+
+/// The statuses at which a write may answer with storagesvc's own answer, passed on
+/// (`Cache-Status: booksvc; fwd=method`).
+const PASSED_ON_STATUSES: [u16; 9] = [400, 401, 404, 413, 415, 422, 500, 503, 504];
+
+/// What a write may answer: `own`, what every write may answer (booksvc's credential
+/// check and its own answers when storagesvc gave none, and what storagesvc answers to
+/// any write: its credential check, its database, the drill's faults, its own server's
+/// limits, passed on), and the server's own answers.
+fn write_answers(own: &[ProblemType]) -> Answers {
+    let mut answers = Answers::new()
+        .problems(own)
+        .problems(&[UNAUTHORIZED, INVALID_QUERY, UNREADABLE_BODY])
+        .problems(&[
+            STORAGESVC_UNAVAILABLE,
+            STORAGESVC_OVERLOADED,
+            UPSTREAM_BROKEN,
+            UPSTREAM_MISCONFIGURED,
+            UPSTREAM_TIMEOUT,
+        ])
+        .problems(&[
+            DATABASE_UNAVAILABLE,
+            FAULT_INJECTED,
+            OUTCOME_UNKNOWN,
+            OVERLOADED,
+            REQUEST_TIMEOUT,
+            BODY_TOO_LARGE,
+            INTERNAL,
+        ])
+        // A 401 that storagesvc gave (it refused booksvc's own credential) is passed on
+        // without its challenges.
+        .header(
+            401,
+            HeaderSpec::new(
+                "WWW-Authenticate",
+                "booksvc's challenge (`Bearer realm=\"bookstore\"`) when it refused the \
+                 caller's credential; absent when the 401 is storagesvc's, passed on.",
+                string_schema(None),
+            ),
+        );
+    for status in PASSED_ON_STATUSES {
+        answers = answers.header(
+            status,
+            cache_status::header(vec![cache_status::forwarded_uncacheable()], false),
+        );
+    }
+    answers
+}
+
+shared::answers!(pub CreateAnswers = write_answers(&[
+    MALFORMED_JSON,
+    UNSUPPORTED_MEDIA_TYPE,
+    INVALID_INPUT,
+    BAD_REQUEST,
+    IDEMPOTENCY_KEY_REUSED,
+]));
+
+shared::answers!(pub UpdateAnswers = write_answers(&[
+    MALFORMED_JSON,
+    UNSUPPORTED_MEDIA_TYPE,
+    INVALID_INPUT,
+    INVALID_PATH,
+    NOT_FOUND,
+]));
+
+shared::answers!(pub DeleteAnswers = write_answers(&[INVALID_PATH, NOT_FOUND]));
+
+/// `Cache-Status` on a write's success.
+fn passed_on() -> HeaderSpec {
+    cache_status::header(vec![cache_status::forwarded_uncacheable()], true)
+}
+
+shared::response!(
+    /// The `201` of `POST /books`, storagesvc's, passed on.
+    Created = json_response(
+        "Created (or, with an `Idempotency-Key` storagesvc saw before with the same body, \
+         the first response again): the new book, as storagesvc answered.",
+        Ref::from_schema_name("Book"),
+        &[
+            passed_on(),
+            HeaderSpec::new(
+                "Location",
+                "The new book's path, `/books/{id}`.",
+                string_schema(Some("^/books/[1-9][0-9]*$")),
+            )
+            .required(),
+            HeaderSpec::new(
+                "Idempotent-Replayed",
+                "`true` when storagesvc answered with the stored response to an earlier \
+                 request with the same `Idempotency-Key` and body; absent otherwise.",
+                shared::openapi::string_enum_schema(["true".to_owned()]),
+            ),
+        ],
+    )
+);
+
+shared::response!(
+    /// The `200` of `PUT /books/{id}`, storagesvc's, passed on.
+    Replaced = json_response(
+        "Replaced: the book as it now is, as storagesvc answered.",
+        Ref::from_schema_name("Book"),
+        &[passed_on()],
+    )
+);
+
+shared::response!(
+    /// The `204` of `DELETE /books/{id}`, storagesvc's, passed on.
+    Deleted = empty_response("Deleted, as storagesvc answered.", &[passed_on()])
+);
+
+/// The `Idempotency-Key` of a create: forwarded, what makes a retry safe, and checked by
+/// storagesvc (a `400` from it, passed on, for a key it does not accept).
+pub struct CreateIdempotencyKey;
+
+impl utoipa::IntoParams for CreateIdempotencyKey {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![shared::openapi::header_parameter(
+            "Idempotency-Key",
+            "Forwarded to storagesvc. With it booksvc retries the create when an attempt \
+             fails, and storagesvc answers a repeat with the first response \
+             (`Idempotent-Replayed: true`); without it the create is sent once. 1 to 255 \
+             visible ASCII characters (storagesvc answers `400` otherwise).",
+            shared::books::idempotency_key_schema(),
+        )]
+    }
+}
+
+/// The `Idempotency-Key` of a replace or a delete: forwarded (storagesvc does not read
+/// it there), and what lets booksvc retry the write.
+pub struct RepeatableIdempotencyKey;
+
+impl utoipa::IntoParams for RepeatableIdempotencyKey {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![shared::openapi::header_parameter(
+            "Idempotency-Key",
+            "Any value: with it booksvc retries the write when an attempt fails (repeating a \
+             replace or a delete changes nothing more); without it the write is sent once.",
+            string_schema(None),
+        )]
+    }
+}
+
+/// The operations [`write`] serves, one per route, for the OpenAPI document.
+pub struct CreateBook;
+pub struct UpdateBook;
+pub struct DeleteBook;
+
 /// `POST /books`, `PUT /books/{id}`, `DELETE /books/{id}`.
+#[utoipa::path(
+    post,
+    path = "/books",
+    impl_for = CreateBook,
+    operation_id = "createBook",
+    summary = "Create a book",
+    description = "Passed to storagesvc, never answered from the store; storagesvc's answer \
+        is passed on as it came. Takes no query parameters.",
+    params(CreateIdempotencyKey),
+    request_body(content = BookPayload, content_type = "application/json",
+        description = "Passed on to storagesvc as it came, with its `Content-Type`."),
+    security(("writerToken" = []), ("writerApiKey" = [])),
+    responses((status = 201, response = inline(Created)), CreateAnswers)
+)]
+#[utoipa::path(
+    put,
+    path = "/books/{id}",
+    impl_for = UpdateBook,
+    operation_id = "updateBook",
+    summary = "Replace a book",
+    description = "Passed to storagesvc, never answered from the store; storagesvc's answer \
+        is passed on as it came. Takes no query parameters.",
+    params(BookId, RepeatableIdempotencyKey),
+    request_body(content = BookPayload, content_type = "application/json",
+        description = "Passed on to storagesvc as it came, with its `Content-Type`."),
+    security(("writerToken" = []), ("writerApiKey" = [])),
+    responses((status = 200, response = inline(Replaced)), UpdateAnswers)
+)]
+#[utoipa::path(
+    delete,
+    path = "/books/{id}",
+    impl_for = DeleteBook,
+    operation_id = "deleteBook",
+    summary = "Delete a book",
+    description = "Passed to storagesvc, never answered from the store; storagesvc's answer \
+        is passed on as it came. Takes no query parameters.",
+    params(BookId, RepeatableIdempotencyKey),
+    security(("writerToken" = []), ("writerApiKey" = [])),
+    responses((status = 204, response = inline(Deleted)), DeleteAnswers)
+)]
 pub async fn write(
     State(upstream): State<Upstream>,
     State(store): State<LastGoodStore>,
@@ -89,9 +316,8 @@ pub async fn write(
         Ok(Ok(response)) => forwarded(response, cache_status::forwarded_uncacheable()),
         Ok(Err(reason)) => {
             tracing::error!(%reason, "storagesvc cannot be asked; the write was not sent");
-            Problem::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream-misconfigured",
+            Problem::of(
+                UPSTREAM_MISCONFIGURED,
                 "booksvc cannot call storagesvc as configured; the write was not sent",
             )
             .into_response()
@@ -136,7 +362,7 @@ fn failed(
         CallError::BreakerOpen(open) => {
             tracing::warn!(%target, "write refused: the circuit breaker for storagesvc is open");
             Problem::unavailable(
-                "storagesvc-unavailable",
+                STORAGESVC_UNAVAILABLE,
                 format!(
                     "storagesvc is failing; the write was not sent (circuit open for another {:?})",
                     open.retry_in
@@ -148,7 +374,7 @@ fn failed(
         CallError::Shed => {
             tracing::warn!(%target, "write refused: too many calls to storagesvc in flight");
             Problem::unavailable(
-                "storagesvc-overloaded",
+                STORAGESVC_OVERLOADED,
                 "too many calls to storagesvc are in flight; the write was not sent",
                 crate::upstream::SHED_RETRY_AFTER,
             )
@@ -171,7 +397,7 @@ fn failed(
             let reason = reason(outcome, last);
             tracing::warn!(%target, %reason, attempts, "write not sent: storagesvc cannot be reached");
             Problem::unavailable(
-                "storagesvc-unavailable",
+                STORAGESVC_UNAVAILABLE,
                 format!(
                     "storagesvc cannot be reached ({attempts} attempt(s)); the write was not sent"
                 ),
@@ -185,9 +411,8 @@ fn failed(
             ..
         } => {
             tracing::warn!(%target, attempts, "write timed out; it may have been applied");
-            Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream-timeout",
+            Problem::of(
+                UPSTREAM_TIMEOUT,
                 format!(
                     "storagesvc did not answer in time after {attempts} attempt(s); the write may have been applied: {advice}"
                 ),
@@ -201,9 +426,8 @@ fn failed(
         } => {
             let reason = reason(outcome, last);
             tracing::warn!(%target, %reason, attempts, "write got no answer from storagesvc; it may have been applied");
-            Problem::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream-broken",
+            Problem::of(
+                UPSTREAM_BROKEN,
                 format!(
                     "the connection to storagesvc broke after {attempts} attempt(s) without an answer; the write may have been applied: {advice}"
                 ),

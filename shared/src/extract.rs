@@ -8,6 +8,9 @@ use axum::extract::FromRequestParts;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 
 use crate::Problem;
+use crate::problem::{
+    BODY_TOO_LARGE, INVALID_INPUT, MALFORMED_JSON, UNREADABLE_BODY, UNSUPPORTED_MEDIA_TYPE,
+};
 
 /// A JSON request body; rejections become problems.
 #[derive(Debug, FromRequest)]
@@ -40,23 +43,31 @@ pub struct Query<T>(pub T);
 
 impl From<JsonRejection> for Problem {
     fn from(rejection: JsonRejection) -> Self {
-        let slug = match rejection {
-            JsonRejection::MissingJsonContentType(_) => "unsupported-media-type",
-            JsonRejection::BytesRejection(_) => "body-too-large",
-            JsonRejection::JsonSyntaxError(_) => "malformed-json",
-            _ => "invalid-input",
+        let kind = match rejection {
+            JsonRejection::MissingJsonContentType(_) => UNSUPPORTED_MEDIA_TYPE,
+            JsonRejection::JsonSyntaxError(_) => MALFORMED_JSON,
+            JsonRejection::JsonDataError(_) => INVALID_INPUT,
+            // The body could not be read: too large (413), or broken (400).
+            JsonRejection::BytesRejection(_) => body_kind(rejection.status()),
+            _ => return Problem::new(rejection.status(), "invalid-input", rejection.body_text()),
         };
-        Problem::new(rejection.status(), slug, rejection.body_text())
+        Problem::new(rejection.status(), kind.slug, rejection.body_text())
     }
 }
 
 impl From<BytesRejection> for Problem {
     fn from(rejection: BytesRejection) -> Self {
-        let slug = match rejection.status() {
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
-            _ => "unreadable-body",
-        };
-        Problem::new(rejection.status(), slug, rejection.body_text())
+        let kind = body_kind(rejection.status());
+        Problem::new(rejection.status(), kind.slug, rejection.body_text())
+    }
+}
+
+/// A body that could not be read: over the limit, or broken on the way.
+fn body_kind(status: axum::http::StatusCode) -> crate::problem::ProblemType {
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        BODY_TOO_LARGE
+    } else {
+        UNREADABLE_BODY
     }
 }
 

@@ -20,7 +20,25 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::{Value, json};
+
+use crate::openapi::{AliveAnswers, ReadinessAnswers};
+
+/// `up` or `down`: all the public port says about the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Up,
+    Down,
+}
+
+/// The body of the public liveness and readiness answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({ "status": "up" }))]
+pub struct TerseHealth {
+    pub status: HealthStatus,
+}
 
 /// The result of one check: healthy or not, plus details for the response body.
 #[derive(Debug, Clone)]
@@ -167,8 +185,23 @@ impl HealthBuilder {
     }
 }
 
-async fn alive() -> impl IntoResponse {
-    Json(json!({ "status": "up" }))
+/// Liveness
+///
+/// `200` while the process runs; it checks nothing else.
+#[utoipa::path(
+    get,
+    path = "/.well-known/alive",
+    tag = "health",
+    operation_id = "alive",
+    responses(
+        (status = 200, description = "The process runs: `{\"status\":\"up\"}`.", body = TerseHealth),
+        AliveAnswers,
+    )
+)]
+pub(crate) async fn alive() -> Json<TerseHealth> {
+    Json(TerseHealth {
+        status: HealthStatus::Up,
+    })
 }
 
 fn readiness_status(ready: bool) -> StatusCode {
@@ -184,10 +217,28 @@ async fn readiness(State(health): State<Health>) -> impl IntoResponse {
     (readiness_status(ready), Json(body))
 }
 
-async fn terse_readiness(State(health): State<Health>) -> impl IntoResponse {
+/// Readiness
+///
+/// `200` when every critical dependency passed its check, else `503`; the body says only
+/// `up` or `down` (the details are on the admin port).
+#[utoipa::path(
+    get,
+    path = "/.well-known/health",
+    tag = "health",
+    operation_id = "readiness",
+    responses(
+        (status = 200, description = "Ready: `{\"status\":\"up\"}`.", body = TerseHealth),
+        ReadinessAnswers,
+    )
+)]
+pub(crate) async fn terse_readiness(State(health): State<Health>) -> impl IntoResponse {
     let (ready, _) = health.report().await;
-    let status = if ready { "up" } else { "down" };
-    (readiness_status(ready), Json(json!({ "status": status })))
+    let status = if ready {
+        HealthStatus::Up
+    } else {
+        HealthStatus::Down
+    };
+    (readiness_status(ready), Json(TerseHealth { status }))
 }
 
 #[cfg(test)]

@@ -12,15 +12,154 @@ use serde::Serialize;
 /// The media type of every error body.
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// What every problem `type` starts with; the rest is the kind's slug.
+pub const TYPE_PREFIX: &str = "urn:bookstore:problem:";
+
+/// A kind of problem: the status it is sent with, its `type` slug and what it tells the
+/// caller. The code that answers with a problem names its kind, and the OpenAPI documents
+/// list the same kinds per route (`crate::openapi`), so the two agree on every slug and
+/// status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemType {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    /// One sentence for the documents: when this answer comes, and what it means.
+    pub meaning: &'static str,
+}
+
+impl ProblemType {
+    pub const fn new(status: StatusCode, slug: &'static str, meaning: &'static str) -> Self {
+        Self {
+            status,
+            slug,
+            meaning,
+        }
+    }
+
+    /// The `type` member of problems of this kind.
+    pub fn uri(&self) -> String {
+        format!("{TYPE_PREFIX}{}", self.slug)
+    }
+
+    /// The `title` member of problems of this kind: the status's reason phrase.
+    pub fn title(&self) -> &'static str {
+        self.status.canonical_reason().unwrap_or("Error")
+    }
+}
+
+// The kinds both services answer with (the layers of `server`, the extractors of
+// `extract`, `auth`), then those storagesvc answers with, which booksvc passes on to the
+// callers of its writes.
+
+pub const BAD_REQUEST: ProblemType = ProblemType::new(
+    StatusCode::BAD_REQUEST,
+    "bad-request",
+    "a header or a parameter is malformed or out of range",
+);
+pub const INVALID_PATH: ProblemType = ProblemType::new(
+    StatusCode::BAD_REQUEST,
+    "invalid-path",
+    "the book id in the path is not a valid id",
+);
+pub const INVALID_QUERY: ProblemType = ProblemType::new(
+    StatusCode::BAD_REQUEST,
+    "invalid-query",
+    "a query parameter is unknown, repeated or malformed, or the route takes none",
+);
+pub const MALFORMED_JSON: ProblemType = ProblemType::new(
+    StatusCode::BAD_REQUEST,
+    "malformed-json",
+    "the body is not syntactically valid JSON",
+);
+pub const UNREADABLE_BODY: ProblemType = ProblemType::new(
+    StatusCode::BAD_REQUEST,
+    "unreadable-body",
+    "the body could not be read (a broken chunked encoding, say)",
+);
+pub const UNAUTHORIZED: ProblemType = ProblemType::new(
+    StatusCode::UNAUTHORIZED,
+    "unauthorized",
+    "no accepted credential was presented (or none is configured: the route is closed)",
+);
+pub const NOT_FOUND: ProblemType =
+    ProblemType::new(StatusCode::NOT_FOUND, "not-found", "no book has this id");
+pub const METHOD_NOT_ALLOWED: ProblemType = ProblemType::new(
+    StatusCode::METHOD_NOT_ALLOWED,
+    "method-not-allowed",
+    "the route exists, but not with this method",
+);
+pub const BODY_TOO_LARGE: ProblemType = ProblemType::new(
+    StatusCode::PAYLOAD_TOO_LARGE,
+    "body-too-large",
+    "the body is over MAX_BODY_BYTES (64 KiB by default); refused before it is read when \
+     Content-Length announces it",
+);
+pub const UNSUPPORTED_MEDIA_TYPE: ProblemType = ProblemType::new(
+    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    "unsupported-media-type",
+    "the body is not declared as JSON (Content-Type: application/json)",
+);
+pub const INVALID_INPUT: ProblemType = ProblemType::new(
+    StatusCode::UNPROCESSABLE_ENTITY,
+    "invalid-input",
+    "the JSON does not describe a valid book: a field missing, of the wrong type, empty, \
+     too long or with control characters",
+);
+pub const INTERNAL: ProblemType = ProblemType::new(
+    StatusCode::INTERNAL_SERVER_ERROR,
+    "internal",
+    "a bug or a broken dependency; the error is in the service's log",
+);
+pub const OVERLOADED: ProblemType = ProblemType::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "overloaded",
+    "too many requests in progress; refused at once, nothing was done, retry after \
+     Retry-After",
+);
+pub const REQUEST_TIMEOUT: ProblemType = ProblemType::new(
+    StatusCode::GATEWAY_TIMEOUT,
+    "request-timeout",
+    "no answer within REQUEST_TIMEOUT (10 s by default); a write may have been applied",
+);
+
+pub const DATABASE_UNAVAILABLE: ProblemType = ProblemType::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "database-unavailable",
+    "storagesvc's database is down, hanging or not migrated yet; nothing was changed, retry \
+     after Retry-After",
+);
+pub const IDEMPOTENCY_KEY_REUSED: ProblemType = ProblemType::new(
+    StatusCode::UNPROCESSABLE_ENTITY,
+    "idempotency-key-reused",
+    "this Idempotency-Key was used before with a different body",
+);
+pub const OUTCOME_UNKNOWN: ProblemType = ProblemType::new(
+    StatusCode::GATEWAY_TIMEOUT,
+    "outcome-unknown",
+    "the database did not confirm the commit in time: the write may have been applied",
+);
+pub const FAULT_INJECTED: ProblemType = ProblemType::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "fault-injected",
+    "only with FAULT_INJECTION=true (the failure drill): a fault set on storagesvc refused \
+     the request; nothing was changed",
+);
+
 /// An RFC 9457 problem document plus the response headers that belong with it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(
+    title = "Problem",
+    description = "An RFC 9457 problem document, sent as `application/problem+json`."
+)]
 pub struct Problem {
     /// A URI naming the kind of problem; stable, so clients can branch on it.
     #[serde(rename = "type")]
+    #[schema(pattern = "^urn:bookstore:problem:[a-z]+(-[a-z]+)*$")]
     pub type_uri: String,
     /// Short, human-readable summary of the kind of problem.
     pub title: String,
     /// The HTTP status, repeated in the body for clients that only keep the body.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     /// What happened this time, in words a caller can act on.
     pub detail: String,
@@ -32,7 +171,7 @@ impl Problem {
     /// A problem of kind `slug` (see [`Problem::type_uri`]) with the given status and detail.
     pub fn new(status: StatusCode, slug: &str, detail: impl Into<String>) -> Self {
         Self {
-            type_uri: format!("urn:bookstore:problem:{slug}"),
+            type_uri: format!("{TYPE_PREFIX}{slug}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: detail.into(),
@@ -40,32 +179,41 @@ impl Problem {
         }
     }
 
+    /// A problem of `kind`, with the given detail.
+    pub fn of(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self::new(kind.status, kind.slug, detail)
+    }
+
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", detail)
+        Self::of(BAD_REQUEST, detail)
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        Self::of(UNAUTHORIZED, detail)
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", detail)
+        Self::of(NOT_FOUND, detail)
     }
 
     pub fn unprocessable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", detail)
+        Self::of(INVALID_INPUT, detail)
     }
 
-    /// `503` with `Retry-After`: the caller may try again after `retry_after`.
-    pub fn unavailable(slug: &str, detail: impl Into<String>, retry_after: Duration) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, slug, detail).with_retry_after(retry_after)
+    /// A problem of `kind` (a `503`) with `Retry-After`: the caller may try again after
+    /// `retry_after`.
+    pub fn unavailable(
+        kind: ProblemType,
+        detail: impl Into<String>,
+        retry_after: Duration,
+    ) -> Self {
+        Self::of(kind, detail).with_retry_after(retry_after)
     }
 
     /// `500`. The detail is deliberately generic: internals go to the log, not to callers.
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+        Self::of(
+            INTERNAL,
             "the server failed to handle the request; the error is in its log",
         )
     }
@@ -130,12 +278,9 @@ mod tests {
 
     #[tokio::test]
     async fn unavailable_has_retry_after_and_problem_body() {
-        let response = Problem::unavailable(
-            "database-unavailable",
-            "db down",
-            Duration::from_millis(1200),
-        )
-        .into_response();
+        let response =
+            Problem::unavailable(DATABASE_UNAVAILABLE, "db down", Duration::from_millis(1200))
+                .into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
         assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -34,6 +34,7 @@ use tracing::Level;
 
 use crate::Problem;
 use crate::metrics::{HttpMetrics, track_http};
+use crate::problem;
 use crate::telemetry::request_span;
 
 /// Largest request body either service reads by default; larger ones get `413`.
@@ -113,9 +114,8 @@ pub fn with_common_layers(
     router
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
+            Problem::of(
+                problem::METHOD_NOT_ALLOWED,
                 "method not allowed on this route",
             )
         })
@@ -153,7 +153,7 @@ pub fn with_common_layers(
                 // wait to a request whose caller has a deadline of its own.
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     Problem::unavailable(
-                        "overloaded",
+                        problem::OVERLOADED,
                         "too many requests in progress; try again shortly",
                         OVERLOADED_RETRY_AFTER,
                     )
@@ -179,9 +179,8 @@ async fn time_limit(State(limit): State<Duration>, request: Request, next: Next)
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(?limit, "request cut off by the request timeout");
-            Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "request-timeout",
+            Problem::of(
+                problem::REQUEST_TIMEOUT,
                 format!("no answer within {limit:?}; the request may have been applied"),
             )
             .into_response()
@@ -202,9 +201,8 @@ async fn refuse_announced_oversize(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
     match announced {
-        Some(length) if length > max_body_bytes as u64 => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
+        Some(length) if length > max_body_bytes as u64 => Problem::of(
+            problem::BODY_TOO_LARGE,
             format!("the request body may be {max_body_bytes} bytes at most"),
         )
         .into_response(),
@@ -437,7 +435,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use axum::routing::get;
     use prometheus_client::registry::Registry;
     use tower::ServiceExt;

@@ -68,6 +68,26 @@ use crate::reachability::Reachability;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
+/// A row of `books`, as the queries select it; a [`Book`] on the wire.
+#[derive(sqlx::FromRow)]
+struct BookRow {
+    id: i64,
+    title: String,
+    author: String,
+    desc: String,
+}
+
+impl From<BookRow> for Book {
+    fn from(row: BookRow) -> Self {
+        Book {
+            id: row.id,
+            title: row.title,
+            author: row.author,
+            desc: row.desc,
+        }
+    }
+}
+
 /// Connections idle longer than this are pinged before use (a database restart since then
 /// would have broken them).
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -373,44 +393,50 @@ impl Database {
     }
 
     pub async fn list_books(&self, page: Page) -> Result<Vec<Book>, DbError> {
-        self.with_connection(async |connection| {
-            sqlx::query_as::<_, Book>(
-                r#"SELECT id, title, author, "desc" FROM books ORDER BY id LIMIT $1 OFFSET $2"#,
-            )
-            .bind(page.limit)
-            .bind(page.offset)
-            .fetch_all(connection)
-            .await
-        })
-        .await
+        let rows = self
+            .with_connection(async |connection| {
+                sqlx::query_as::<_, BookRow>(
+                    r#"SELECT id, title, author, "desc" FROM books ORDER BY id LIMIT $1 OFFSET $2"#,
+                )
+                .bind(page.limit)
+                .bind(page.offset)
+                .fetch_all(connection)
+                .await
+            })
+            .await?;
+        Ok(rows.into_iter().map(Book::from).collect())
     }
 
     pub async fn get_book(&self, id: i64) -> Result<Option<Book>, DbError> {
-        self.with_connection(async |connection| {
-            sqlx::query_as::<_, Book>(
-                r#"SELECT id, title, author, "desc" FROM books WHERE id = $1"#,
-            )
-            .bind(id)
-            .fetch_optional(connection)
-            .await
-        })
-        .await
+        let row = self
+            .with_connection(async |connection| {
+                sqlx::query_as::<_, BookRow>(
+                    r#"SELECT id, title, author, "desc" FROM books WHERE id = $1"#,
+                )
+                .bind(id)
+                .fetch_optional(connection)
+                .await
+            })
+            .await?;
+        Ok(row.map(Book::from))
     }
 
     pub async fn update_book(&self, id: i64, book: &NewBook) -> Result<Option<Book>, DbError> {
-        self.with_transaction(async |connection| {
-            sqlx::query_as::<_, Book>(
-                r#"UPDATE books SET title = $2, author = $3, "desc" = $4 WHERE id = $1
+        let row = self
+            .with_transaction(async |connection| {
+                sqlx::query_as::<_, BookRow>(
+                    r#"UPDATE books SET title = $2, author = $3, "desc" = $4 WHERE id = $1
                    RETURNING id, title, author, "desc""#,
-            )
-            .bind(id)
-            .bind(book.title())
-            .bind(book.author())
-            .bind(book.desc())
-            .fetch_optional(connection)
-            .await
-        })
-        .await
+                )
+                .bind(id)
+                .bind(book.title())
+                .bind(book.author())
+                .bind(book.desc())
+                .fetch_optional(connection)
+                .await
+            })
+            .await?;
+        Ok(row.map(Book::from))
     }
 
     /// `true` when a book was deleted, `false` when there was none with that id.
@@ -456,7 +482,7 @@ impl Database {
                     });
                 }
             }
-            let created: Book = sqlx::query_as(
+            let created: BookRow = sqlx::query_as(
                 r#"INSERT INTO books (title, author, "desc") VALUES ($1, $2, $3)
                    RETURNING id, title, author, "desc""#,
             )
@@ -465,6 +491,7 @@ impl Database {
             .bind(book.desc())
             .fetch_one(&mut *connection)
             .await?;
+            let created = Book::from(created);
             let response = CreatedResponse {
                 location: format!("/books/{}", created.id),
                 body: serde_json::to_vec(&created).map_err(|err| sqlx::Error::Encode(Box::new(err)))?,

@@ -4,32 +4,15 @@
 
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
 
-pub const MAX_TITLE_CHARS: usize = 200;
-pub const MAX_AUTHOR_CHARS: usize = 200;
-pub const MAX_DESC_CHARS: usize = 4000;
+pub use shared::books::{
+    Book, BookPayload, MAX_AUTHOR_CHARS, MAX_DESC_CHARS, MAX_IDEMPOTENCY_KEY_LEN, MAX_TITLE_CHARS,
+};
+
 pub const DEFAULT_PAGE_LIMIT: i64 = 100;
 pub const MAX_PAGE_LIMIT: i64 = 1000;
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-
-/// A stored book, in the wire format of the original service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct Book {
-    pub id: i64,
-    pub title: String,
-    pub author: String,
-    pub desc: String,
-}
-
-/// The body of `POST /books` and `PUT /books/{id}` as sent. An `id` in the body is ignored:
-/// the path names the book.
-#[derive(Debug, Deserialize)]
-pub struct BookPayload {
-    pub title: String,
-    pub author: String,
-    #[serde(default)]
-    pub desc: String,
-}
 
 /// A book's fields after validation; only `NewBook::parse` makes one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -87,11 +70,38 @@ fn text_field(
 }
 
 /// `limit` and `offset` of `GET /books` as sent; unknown parameters are rejected.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    // The descriptions are in the schemas: with `schema_with`, utoipa drops a field's doc.
+    #[param(schema_with = limit_schema)]
     pub limit: Option<i64>,
+    #[param(schema_with = offset_schema)]
     pub offset: Option<i64>,
+}
+
+fn limit_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .description(Some(format!(
+            "How many books at most (1 to {MAX_PAGE_LIMIT}; {DEFAULT_PAGE_LIMIT} when absent)."
+        )))
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(1))
+        .maximum(Some(MAX_PAGE_LIMIT))
+        .default(Some(json!(DEFAULT_PAGE_LIMIT)))
+        .build()
+}
+
+fn offset_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .description(Some("How many books to skip, in id order (0 when absent)."))
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(0))
+        .default(Some(json!(0)))
+        .build()
 }
 
 /// A valid page of the list.
@@ -143,6 +153,21 @@ impl IdempotencyKey {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The header as `from_headers` accepts it, for the OpenAPI document.
+impl utoipa::IntoParams for IdempotencyKey {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![shared::openapi::header_parameter(
+            "Idempotency-Key",
+            "Makes the create safe to repeat: a repeat with the same key and body gets the \
+             first response again (`Idempotent-Replayed: true`), with another body `422`. \
+             1 to 255 visible ASCII characters.",
+            shared::books::idempotency_key_schema(),
+        )]
     }
 }
 

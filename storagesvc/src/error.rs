@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use shared::Problem;
+use shared::problem::{DATABASE_UNAVAILABLE, IDEMPOTENCY_KEY_REUSED, OUTCOME_UNKNOWN, OVERLOADED};
 
 use crate::db::DbError;
 
@@ -38,9 +38,8 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(id) => Problem::not_found(format!("no book with id {id}")),
             ApiError::Invalid(detail) => Problem::unprocessable(detail),
             ApiError::BadRequest(detail) => Problem::bad_request(detail),
-            ApiError::IdempotencyKeyReused => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
+            ApiError::IdempotencyKeyReused => Problem::of(
+                IDEMPOTENCY_KEY_REUSED,
                 "this Idempotency-Key was already used with a different request body",
             ),
             ApiError::Db {
@@ -51,19 +50,19 @@ impl IntoResponse for ApiError {
                 // gets a fixed sentence that says what to do.
                 tracing::warn!(%error, "answering 503: database unavailable");
                 Problem::unavailable(
-                    "database-unavailable",
+                    DATABASE_UNAVAILABLE,
                     unavailable_detail(retry_after),
                     retry_after,
                 )
             }
             // Not logged one by one: the outage was logged once, when it was noticed.
             ApiError::DatabaseDown { retry_after } => Problem::unavailable(
-                "database-unavailable",
+                DATABASE_UNAVAILABLE,
                 unavailable_detail(retry_after),
                 retry_after,
             ),
             ApiError::Overloaded { retry_after } => Problem::unavailable(
-                "overloaded",
+                OVERLOADED,
                 format!(
                     "too many requests in progress; nothing was changed, retry after {} s",
                     shared::problem::retry_after_seconds(retry_after)
@@ -78,9 +77,8 @@ impl IntoResponse for ApiError {
                 // write twice. No Retry-After either: the caller should look before it
                 // retries (or retry with the same Idempotency-Key).
                 tracing::warn!(%error, "answering 504: the outcome of a write is unknown");
-                Problem::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "outcome-unknown",
+                Problem::of(
+                    OUTCOME_UNKNOWN,
                     "the database did not confirm the write in time; it may have been applied. \
                      A PUT or DELETE may be repeated as it is; repeat a POST only with the same \
                      Idempotency-Key, or read the books first",

@@ -131,7 +131,7 @@ async fn inject(State(faults): State<Faults>, request: Request, next: Next) -> R
     }
     if faults.next_fails(spec.error_rate) {
         return Problem::unavailable(
-            "fault-injected",
+            shared::problem::FAULT_INJECTED,
             "a fault set on this instance refused the request; nothing was changed, retry after 1 s",
             RETRY_AFTER,
         )

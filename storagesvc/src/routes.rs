@@ -9,10 +9,32 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use shared::extract::{Json, Path, Query};
+use shared::openapi::{Answers, HeaderSpec, json_response, string_schema};
+use shared::problem::{
+    BAD_REQUEST, DATABASE_UNAVAILABLE, FAULT_INJECTED, IDEMPOTENCY_KEY_REUSED, INVALID_INPUT,
+    INVALID_PATH, INVALID_QUERY, MALFORMED_JSON, NOT_FOUND, OUTCOME_UNKNOWN, UNAUTHORIZED,
+    UNREADABLE_BODY, UNSUPPORTED_MEDIA_TYPE,
+};
+use utoipa::openapi::Ref;
 
 use crate::db::{CreateOutcome, CreatedResponse, Database, DbError};
 use crate::domain::{Book, BookPayload, IdempotencyKey, NewBook, Page, PageQuery};
 use crate::error::ApiError;
+
+/// What every `/books*` route may answer besides its own: its credential refused
+/// (`shared::auth`), the admission gate's and the database's `503`s (`admission`,
+/// `error`), and the drill's faults (`faults`), on top of the server's own answers.
+fn books_answers() -> Answers {
+    Answers::new().problems(&[UNAUTHORIZED, DATABASE_UNAVAILABLE, FAULT_INJECTED])
+}
+
+/// The problems of a book in the body: the extractor's, then `NewBook::parse`'s.
+const BODY_PROBLEMS: [shared::problem::ProblemType; 4] = [
+    MALFORMED_JSON,
+    UNREADABLE_BODY,
+    UNSUPPORTED_MEDIA_TYPE,
+    INVALID_INPUT,
+];
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -41,6 +63,23 @@ pub fn books(state: AppState) -> Router {
         .with_state(state)
 }
 
+shared::answers!(ListBooksAnswers = books_answers().problems(&[INVALID_QUERY, BAD_REQUEST]));
+
+/// List books
+///
+/// One page of the books, ordered by id.
+#[utoipa::path(
+    get,
+    path = "/books",
+    tag = "books",
+    operation_id = "listBooks",
+    params(PageQuery),
+    security(("bearerToken" = []), ("apiKey" = []), ("basic" = []), ("accessToken" = [])),
+    responses(
+        (status = 200, description = "The page: at most `limit` books, from `offset` on.", body = [Book]),
+        ListBooksAnswers,
+    )
+)]
 async fn list_books(
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
@@ -54,6 +93,22 @@ async fn list_books(
     Ok(axum::Json(books))
 }
 
+shared::answers!(GetBookAnswers = books_answers().problems(&[INVALID_PATH, NOT_FOUND]));
+
+/// Get a book
+#[utoipa::path(
+    get,
+    path = "/books/{id}",
+    tag = "books",
+    operation_id = "getBook",
+    params(("id" = i64, Path, description = "The book's id (storagesvc gives positive ones; \
+        any other integer is a `404`).")),
+    security(("bearerToken" = []), ("apiKey" = []), ("basic" = []), ("accessToken" = [])),
+    responses(
+        (status = 200, description = "The book.", body = Book),
+        GetBookAnswers,
+    )
+)]
 async fn get_book(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -64,6 +119,58 @@ async fn get_book(
     }
 }
 
+shared::answers!(
+    CreateBookAnswers = books_answers().problems(&BODY_PROBLEMS).problems(&[
+        BAD_REQUEST,
+        IDEMPOTENCY_KEY_REUSED,
+        OUTCOME_UNKNOWN
+    ])
+);
+
+shared::response!(
+    /// `201` and what `created` sends with it.
+    CreatedBook = json_response(
+        "Created (or, with an `Idempotency-Key` seen before with the same body, the first \
+         response again): the new book.",
+        Ref::from_schema_name("Book"),
+        &[location_header(), replayed_header()],
+    )
+);
+
+/// `Location` of a `201`: the new book's path.
+pub fn location_header() -> HeaderSpec {
+    HeaderSpec::new(
+        "Location",
+        "The new book's path, `/books/{id}`.",
+        string_schema(Some("^/books/[1-9][0-9]*$")),
+    )
+    .required()
+}
+
+/// `Idempotent-Replayed` of a replayed create.
+pub fn replayed_header() -> HeaderSpec {
+    HeaderSpec::new(
+        "Idempotent-Replayed",
+        "`true` when this is the stored response to an earlier request with the same \
+         `Idempotency-Key` and body; nothing was created this time. Absent otherwise.",
+        shared::openapi::string_enum_schema(["true".to_owned()]),
+    )
+}
+
+/// Create a book
+#[utoipa::path(
+    post,
+    path = "/books",
+    tag = "books",
+    operation_id = "createBook",
+    params(IdempotencyKey),
+    request_body(content = BookPayload, content_type = "application/json"),
+    security(("bearerToken" = []), ("apiKey" = []), ("basic" = []), ("accessToken" = [])),
+    responses(
+        (status = 201, response = inline(CreatedBook)),
+        CreateBookAnswers,
+    )
+)]
 async fn create_book(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -99,6 +206,30 @@ fn created(response: CreatedResponse, replayed: bool) -> Response {
     (StatusCode::CREATED, headers, response.body).into_response()
 }
 
+shared::answers!(
+    UpdateBookAnswers = books_answers().problems(&BODY_PROBLEMS).problems(&[
+        INVALID_PATH,
+        NOT_FOUND,
+        OUTCOME_UNKNOWN
+    ])
+);
+
+/// Replace a book
+///
+/// Its title, author and description; the id stays.
+#[utoipa::path(
+    put,
+    path = "/books/{id}",
+    tag = "books",
+    operation_id = "updateBook",
+    params(("id" = i64, Path, description = "The book's id.")),
+    request_body(content = BookPayload, content_type = "application/json"),
+    security(("bearerToken" = []), ("apiKey" = []), ("basic" = []), ("accessToken" = [])),
+    responses(
+        (status = 200, description = "Replaced: the book as it now is.", body = Book),
+        UpdateBookAnswers,
+    )
+)]
 async fn update_book(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -116,6 +247,23 @@ async fn update_book(
     }
 }
 
+shared::answers!(
+    DeleteBookAnswers = books_answers().problems(&[INVALID_PATH, NOT_FOUND, OUTCOME_UNKNOWN])
+);
+
+/// Delete a book
+#[utoipa::path(
+    delete,
+    path = "/books/{id}",
+    tag = "books",
+    operation_id = "deleteBook",
+    params(("id" = i64, Path, description = "The book's id.")),
+    security(("bearerToken" = []), ("apiKey" = []), ("basic" = []), ("accessToken" = [])),
+    responses(
+        (status = 204, description = "Deleted."),
+        DeleteBookAnswers,
+    )
+)]
 async fn delete_book(
     State(state): State<AppState>,
     Path(id): Path<i64>,

@@ -66,6 +66,7 @@ impl Application {
         let admin = health
             .admin_routes()
             .merge(shared::metrics::routes(Arc::new(registry)))
+            .merge(shared::openapi::routes(&crate::openapi::document())?)
             .merge(faults_admin);
 
         let service = Service::new(
