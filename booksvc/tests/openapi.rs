@@ -105,3 +105,21 @@ fn a_changed_route_or_field_is_detected_and_named() {
 
     assert_eq!(shared::openapi::compare(&generated, &generated), Ok(()));
 }
+
+/// Found by the contract fuzzing: the key's rules were missing, so a schema-valid key of
+/// 300 characters met storagesvc's `400` and the fuzzer reported a valid request refused.
+#[test]
+fn the_create_documents_the_idempotency_key_rules_storagesvc_enforces() {
+    let document: Value = serde_json::from_str(&generated()).unwrap();
+    let parameters = document["paths"]["/books"]["post"]["parameters"]
+        .as_array()
+        .unwrap();
+    let key = parameters
+        .iter()
+        .find(|parameter| parameter["name"] == "Idempotency-Key")
+        .expect("POST /books documents Idempotency-Key");
+    assert_eq!(key["in"], "header");
+    assert_eq!(key["schema"]["minLength"], 1);
+    assert_eq!(key["schema"]["maxLength"], 255);
+    assert!(key["schema"]["pattern"].is_string());
+}

@@ -82,3 +82,25 @@ impl From<QueryRejection> for Problem {
         Problem::new(rejection.status(), "invalid-query", rejection.body_text())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    /// Found while writing the contract: every body that failed to read was called
+    /// `body-too-large`, a broken chunked encoding too. Only a `413` is.
+    #[test]
+    fn only_an_oversized_body_is_called_too_large() {
+        assert_eq!(
+            body_kind(StatusCode::PAYLOAD_TOO_LARGE).slug,
+            BODY_TOO_LARGE.slug
+        );
+        assert_eq!(
+            body_kind(StatusCode::BAD_REQUEST).slug,
+            UNREADABLE_BODY.slug
+        );
+        assert_ne!(UNREADABLE_BODY.slug, BODY_TOO_LARGE.slug);
+    }
+}

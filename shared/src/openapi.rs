@@ -336,7 +336,7 @@ fn problem_schema_of(kinds: &[ProblemType]) -> RefOr<Schema> {
 /// Declares a type whose `utoipa::IntoResponses` are the given [`Answers`], for the
 /// `responses(...)` of a `#[utoipa::path]`:
 ///
-/// ```ignore
+/// ```text
 /// shared::answers!(ListBooksAnswers = Answers::new().problems(&[INVALID_QUERY]));
 /// ```
 #[macro_export]
