@@ -501,6 +501,24 @@ pub fn check_committed(path: &Path, generated: &str, regenerate: &str) -> Result
     })
 }
 
+/// Every `(path, method)` the document describes, sorted: what a drift test compares with
+/// the routes a service serves.
+pub fn operations(document: &Value) -> Vec<(String, String)> {
+    let mut operations: Vec<(String, String)> = document["paths"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .into_iter()
+                .flatten()
+                .map(move |(method, _)| (path.clone(), method.clone()))
+        })
+        .collect();
+    operations.sort();
+    operations
+}
+
 /// `Ok` when `committed` is exactly `generated`; else what differs, first.
 pub fn compare(committed: &str, generated: &str) -> Result<(), String> {
     if committed == generated {
