@@ -30,7 +30,7 @@ pub fn key_url(books_url: &str, index: u64) -> String {
 /// Reads `books_url`'s keys in turn with [`WORKERS`] closed loops; the 2xx answers a
 /// second over [`MEASURED`].
 pub async fn measure(books_url: &str, token: &str) -> anyhow::Result<f64> {
-    let client = reqwest::Client::builder()
+    let client = shared::client::http_client_builder()
         .build()
         .context("building the HTTP client")?;
     let started = Instant::now();

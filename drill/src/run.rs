@@ -187,7 +187,7 @@ async fn run_target(
     target: &Target,
 ) -> anyhow::Result<TargetRun> {
     let faulted = stack.faulted(scenario);
-    let client = reqwest::Client::builder()
+    let client = shared::client::http_client_builder()
         .build()
         .context("building the HTTP client")?;
 

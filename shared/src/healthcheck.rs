@@ -39,7 +39,9 @@ pub async fn run(default_admin_port: u16) -> ExitCode {
     let admin_bind_addr = std::env::var("ADMIN_BIND_ADDR").ok();
     let url = readiness_url(admin_bind_addr.as_deref(), default_admin_port);
     let answer = async {
-        let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+        let client = crate::client::http_client_builder()
+            .timeout(TIMEOUT)
+            .build()?;
         let response = client.get(&url).send().await?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();

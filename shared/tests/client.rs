@@ -191,7 +191,9 @@ async fn spawn_relay(client: ServiceClient) -> String {
 async fn a_call_made_while_handling_a_request_continues_its_trace_and_request_id() {
     let relay = spawn_relay(client(&spawn_echo().await, &[])).await;
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let echoed: Value = reqwest::Client::new()
+    let echoed: Value = shared::client::http_client_builder()
+        .build()
+        .unwrap()
         .get(format!("{relay}/relay"))
         .header("traceparent", incoming)
         .header("tracestate", "vendor=abc")
@@ -254,6 +256,12 @@ fn a_missing_url_is_a_startup_error_naming_the_variable() {
 /// A token endpoint that accepts client `booksvc` with secret `s3cret` and hands out
 /// `token-1`, `token-2`, ...; and counts how often it was asked.
 async fn spawn_token_endpoint() -> (String, Arc<AtomicUsize>) {
+    let (app, calls) = token_app();
+    (format!("{}/token", spawn(app).await), calls)
+}
+
+/// The token endpoint's routes (`POST /token`), and its count of calls.
+fn token_app() -> (Router, Arc<AtomicUsize>) {
     async fn issue(State(calls): State<Arc<AtomicUsize>>, headers: HeaderMap) -> Response {
         let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
         // base64("booksvc:s3cret")
@@ -271,7 +279,7 @@ async fn spawn_token_endpoint() -> (String, Arc<AtomicUsize>) {
     let app = Router::new()
         .route("/token", post(issue))
         .with_state(calls.clone());
-    (format!("{}/token", spawn(app).await), calls)
+    (app, calls)
 }
 
 fn oauth_vars<'a>(token_url: &'a str, secret: &'a str) -> [(&'a str, &'a str); 3] {

@@ -30,7 +30,7 @@ async fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = shared::client::http_client_builder().build().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let admin = format!("http://127.0.0.1:{admin_port}");
     eventually(

@@ -53,7 +53,7 @@ impl CountingProxy {
         let forwarding = Forwarding {
             target,
             // No timeout of its own: the caller's timeouts are the ones under test.
-            http: reqwest::Client::new(),
+            http: shared::client::http_client_builder().build().unwrap(),
             arrivals: Arc::clone(&arrivals),
         };
         let router = Router::new().fallback(forward).with_state(forwarding);

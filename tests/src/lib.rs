@@ -15,6 +15,7 @@ pub mod raw_http;
 pub mod readme;
 pub mod server;
 pub mod storagesvc;
+pub mod tls;
 pub mod token_server;
 
 /// Logs of the services under test go to the test output when `TEST_LOG` is set.

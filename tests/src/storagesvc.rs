@@ -140,7 +140,7 @@ impl TestStoragesvc {
 
 /// The HTTP client of the tests: bounded, so a hang fails the test instead of stalling it.
 pub fn test_http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    shared::client::http_client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()

@@ -1,5 +1,7 @@
 //! Everything a [`ServiceClient`](super::ServiceClient) is built from, read once at start-up.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -32,6 +34,54 @@ pub struct ServiceClientConfig {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// The roots an `https` server's certificate must chain to, for the service and its
+    /// token endpoint: the system's store when `None`, else only these (`{NAME}_CA_FILE`).
+    pub ca_file: Option<CaFile>,
+}
+
+/// The certificates of a CA file, trusted instead of the system's store: a deployment's own
+/// CA, so that a certificate from any public CA is refused.
+#[derive(Clone)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub certificates: Vec<reqwest::Certificate>,
+}
+
+impl CaFile {
+    /// Reads the PEM certificates at `path`; `variable` names where the path came from.
+    pub fn load(variable: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::InvalidValue {
+            variable: variable.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read(path)
+            .map_err(|err| invalid(format!("cannot read `{}`: {err}", path.display())))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
+            invalid(format!(
+                "`{}` is not a PEM file of certificates: {err}",
+                path.display()
+            ))
+        })?;
+        if certificates.is_empty() {
+            return Err(invalid(format!(
+                "`{}` holds no certificate (PEM `BEGIN CERTIFICATE` blocks expected)",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            certificates,
+        })
+    }
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaFile")
+            .field("path", &self.path)
+            .field("certificates", &self.certificates.len())
+            .finish()
+    }
 }
 
 impl ServiceClientConfig {
@@ -45,6 +95,7 @@ impl ServiceClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
+            ca_file: None,
         }
     }
 
@@ -65,7 +116,14 @@ impl ServiceClientConfig {
         let vars = ServiceVars::new(service, lookup)?;
         let base_url = vars.base_url()?;
         let auth = AuthConfig::from_vars(&vars)?;
-        Ok(Self::new(service, base_url).with_auth(auth))
+        let ca_file = match vars.get("CA_FILE") {
+            Some(path) => Some(CaFile::load(&vars.name("CA_FILE"), Path::new(path.trim()))?),
+            None => None,
+        };
+        Ok(Self {
+            ca_file,
+            ..Self::new(service, base_url).with_auth(auth)
+        })
     }
 
     pub fn with_auth(mut self, auth: AuthConfig) -> Self {
@@ -76,6 +134,12 @@ impl ServiceClientConfig {
     /// Adds a header sent on every call (unless the call sets it).
     pub fn with_default_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.default_headers.insert(name, value);
+        self
+    }
+
+    /// Trusts only `ca_file`'s certificates for `https`.
+    pub fn with_ca_file(mut self, ca_file: CaFile) -> Self {
+        self.ca_file = Some(ca_file);
         self
     }
 
@@ -101,6 +165,30 @@ mod tests {
         assert_eq!(config.base_url.as_str(), "http://storagesvc:8082/");
         assert!(matches!(config.auth, AuthConfig::ApiKey(_)));
         assert_eq!(config.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_refused_at_start_up_naming_it() {
+        let dir = std::env::temp_dir().join(format!("ca-file-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not-pem.txt");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        for (path, expected) in [
+            (dir.join("missing.pem"), "cannot read"),
+            (not_pem, "holds no certificate"),
+        ] {
+            let path = path.to_string_lossy().into_owned();
+            let err = ServiceClientConfig::from_lookup("storagesvc", |name| match name {
+                "STORAGESVC_URL" => Some("https://storagesvc:8082".to_owned()),
+                "STORAGESVC_CA_FILE" => Some(path.clone()),
+                _ => None,
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with("STORAGESVC_CA_FILE is invalid"), "{err}");
+            assert!(err.contains(expected), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -11,10 +11,9 @@ use reqwest::Url;
 
 use super::error::ConfigError;
 
-/// URL schemes the client can speak. The workspace builds `reqwest` without TLS (services
-/// talk plain HTTP inside the deployment network); `https` belongs here once a TLS feature
-/// is enabled, and until then it is refused at start-up rather than failing every call.
-const SUPPORTED_SCHEMES: &[&str] = &["http"];
+/// URL schemes the client can speak: plain HTTP inside one deployment network, `https`
+/// (rustls) for calls that cross machines or go to a token endpoint elsewhere.
+const SUPPORTED_SCHEMES: &[&str] = &["http", "https"];
 
 /// The variables of one service: its name and the prefix of its variable names.
 #[derive(Debug, Clone)]
@@ -106,7 +105,7 @@ pub(crate) fn parse_http_url(variable: &str, value: &str) -> Result<Url, ConfigE
         return Err(invalid(
             variable,
             &format!(
-                "{shown} uses scheme `{}`; supported: {} (this build has no TLS support)",
+                "{shown} uses scheme `{}`; supported: {}",
                 url.scheme(),
                 SUPPORTED_SCHEMES.join(", ")
             ),
@@ -189,7 +188,7 @@ mod tests {
         let cases = [
             ("storagesvc:8082", "uses scheme `storagesvc`"),
             ("not a url", "is not an absolute URL"),
-            ("https://storagesvc:8082", "no TLS support"),
+            ("ftp://storagesvc:8082", "supported: http, https"),
             ("http://storagesvc:8082/?x=1", "no query or fragment"),
             ("http://storagesvc:8082/#top", "no query or fragment"),
         ];

@@ -32,7 +32,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 
 pub use auth::{AuthConfig, X_API_KEY};
-pub use config::{DEFAULT_CONNECT_TIMEOUT, ServiceClientConfig};
+pub use config::{CaFile, DEFAULT_CONNECT_TIMEOUT, ServiceClientConfig};
 pub use error::{ClientError, ConfigError, TokenError};
 pub use oauth::{ClientAuth, OAuthConfig};
 pub use secret::Secret;
@@ -40,6 +40,17 @@ pub use secret::Secret;
 use crate::trace_context::{self, TRACEPARENT, TRACESTATE, TraceParent, X_REQUEST_ID};
 use auth::Authenticator;
 use oauth::AccessToken;
+
+/// Every `reqwest` client of the workspace starts here (clippy refuses
+/// `reqwest::Client::new` and `reqwest::Client::builder` elsewhere): reqwest is built with
+/// `rustls-no-provider`, and building a client before a rustls crypto provider is installed
+/// panics. This installs *ring* as the process default first (a provider installed before,
+/// by the application, is kept).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    #[allow(clippy::disallowed_methods)]
+    reqwest::Client::builder()
+}
 
 /// A client for one service. Cheap to clone: clones share connections and the token cache.
 #[derive(Clone)]
@@ -72,19 +83,22 @@ impl ServiceClient {
                 }
             })?;
         let build = |default_headers: HeaderMap| {
-            reqwest::Client::builder()
+            let mut builder = http_client_builder()
                 .user_agent(user_agent.clone())
                 .default_headers(default_headers)
                 .connect_timeout(config.connect_timeout)
                 .pool_idle_timeout(config.pool_idle_timeout)
                 .pool_max_idle_per_host(config.pool_max_idle_per_host)
                 .redirect(reqwest::redirect::Policy::none())
-                .retry(reqwest::retry::never())
-                .build()
-                .map_err(|error| ConfigError::HttpClient {
-                    service: service.clone(),
-                    error,
-                })
+                .retry(reqwest::retry::never());
+            // `https`: the system's roots, or only the configured CA's.
+            if let Some(ca_file) = &config.ca_file {
+                builder = builder.tls_certs_only(ca_file.certificates.iter().cloned());
+            }
+            builder.build().map_err(|error| ConfigError::HttpClient {
+                service: service.clone(),
+                error,
+            })
         };
         let http = build(config.default_headers)?;
         // The token endpoint is another server: it gets the user agent, not the headers

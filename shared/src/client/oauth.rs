@@ -366,7 +366,7 @@ mod tests {
 
     fn source(token_url: Url, client_auth: ClientAuth) -> TokenSource {
         TokenSource::new(
-            reqwest::Client::new(),
+            crate::client::http_client_builder().build().unwrap(),
             OAuthConfig {
                 token_url,
                 client_id: "my client".to_owned(),
