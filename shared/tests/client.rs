@@ -256,12 +256,6 @@ fn a_missing_url_is_a_startup_error_naming_the_variable() {
 /// A token endpoint that accepts client `booksvc` with secret `s3cret` and hands out
 /// `token-1`, `token-2`, ...; and counts how often it was asked.
 async fn spawn_token_endpoint() -> (String, Arc<AtomicUsize>) {
-    let (app, calls) = token_app();
-    (format!("{}/token", spawn(app).await), calls)
-}
-
-/// The token endpoint's routes (`POST /token`), and its count of calls.
-fn token_app() -> (Router, Arc<AtomicUsize>) {
     async fn issue(State(calls): State<Arc<AtomicUsize>>, headers: HeaderMap) -> Response {
         let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
         // base64("booksvc:s3cret")
@@ -279,7 +273,7 @@ fn token_app() -> (Router, Arc<AtomicUsize>) {
     let app = Router::new()
         .route("/token", post(issue))
         .with_state(calls.clone());
-    (app, calls)
+    (format!("{}/token", spawn(app).await), calls)
 }
 
 fn oauth_vars<'a>(token_url: &'a str, secret: &'a str) -> [(&'a str, &'a str); 3] {

@@ -28,7 +28,7 @@ impl TestCa {
         let pem_file = std::env::temp_dir().join(format!(
             "system-tests-ca-{name}-{}-{}.pem",
             std::process::id(),
-            fastrand_suffix()
+            unique_suffix()
         ));
         std::fs::write(&pem_file, issuer.pem()).unwrap();
         Self { issuer, pem_file }
@@ -61,7 +61,7 @@ impl Drop for TestCa {
     }
 }
 
-fn fastrand_suffix() -> u128 {
+fn unique_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos())

@@ -52,6 +52,19 @@ impl SigningKey {
         &self.public_pem
     }
 
+    /// storagesvc's flags to accept access tokens of [`ISSUER`] for [`AUDIENCE`] that this
+    /// key signed.
+    pub fn storagesvc_flags(&self) -> [&str; 6] {
+        [
+            "--auth-jwt-issuer",
+            ISSUER,
+            "--auth-jwt-audience",
+            AUDIENCE,
+            "--auth-jwt-public-key",
+            &self.public_pem,
+        ]
+    }
+
     /// A JWT with `typ: at+jwt` and these claims.
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(Algorithm::ES256);

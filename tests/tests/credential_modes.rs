@@ -27,22 +27,9 @@ const FRESH: &str = "booksvc; fwd=miss; stored";
 async fn storagesvc_accepting_all(db: &Postgres, key: &SigningKey) -> TestStoragesvc {
     let hash = shared::auth::hash_password(BASIC_PASSWORD).unwrap();
     let basic_users = format!("{BASIC_USER}:{hash}");
-    let app = TestStoragesvc::spawn_with_credentials(
-        &db.url(),
-        &[
-            "--auth-tokens",
-            TOKEN,
-            "--auth-basic-users",
-            &basic_users,
-            "--auth-jwt-issuer",
-            ISSUER,
-            "--auth-jwt-audience",
-            AUDIENCE,
-            "--auth-jwt-public-key",
-            key.public_pem(),
-        ],
-    )
-    .await;
+    let mut flags = vec!["--auth-tokens", TOKEN, "--auth-basic-users", &basic_users];
+    flags.extend(key.storagesvc_flags());
+    let app = TestStoragesvc::spawn_with_credentials(&db.url(), &flags).await;
     app.wait_until_ready(std::time::Duration::from_secs(30))
         .await;
     app

@@ -18,9 +18,7 @@ use system_tests::containers::{Postgres, Redis};
 use system_tests::header;
 use system_tests::storagesvc::TestStoragesvc;
 use system_tests::tls::{TestCa, TlsProxy};
-use system_tests::token_server::{
-    AUDIENCE, CLIENT_ID, CLIENT_SECRET, ISSUER, SigningKey, TokenServer,
-};
+use system_tests::token_server::{CLIENT_ID, CLIENT_SECRET, SigningKey, TokenServer};
 
 fn address_of(url: &Url) -> SocketAddr {
     url.socket_addrs(|| None).unwrap()[0]
@@ -34,18 +32,8 @@ fn ca_file(ca: &TestCa) -> CaFile {
 async fn booksvc_reads_from_an_https_storagesvc_with_a_token_fetched_over_https() {
     let (db, redis) = tokio::join!(Postgres::start(), Redis::start());
     let key = SigningKey::generate();
-    let storagesvc = TestStoragesvc::spawn_with_credentials(
-        &db.url(),
-        &[
-            "--auth-jwt-issuer",
-            ISSUER,
-            "--auth-jwt-audience",
-            AUDIENCE,
-            "--auth-jwt-public-key",
-            key.public_pem(),
-        ],
-    )
-    .await;
+    let storagesvc =
+        TestStoragesvc::spawn_with_credentials(&db.url(), &key.storagesvc_flags()).await;
     storagesvc.wait_until_ready(Duration::from_secs(30)).await;
     let token_server = TokenServer::start(key).await;
 
