@@ -2,10 +2,12 @@
 
 An Idempotency-Key names one intended write: the same key with another body is a 422, and
 with the same body the first answer again (a book deleted since is then not found). That
-is the contract, but a generator that draws keys from a small space ("0", "a", ...) reuses
-them by accident and then reports the server's correct answer as a failure. So every
-well-formed key the generator makes is made unique; malformed ones (empty, too long) are
-left as they are, so that their rejection is still tested.
+is the contract, but a generator reuses keys by accident: it draws them from a small space
+("0", "a", ...), and its stateful phase sends values it has seen before. It then reports the
+server's correct answer as a failure (a replayed 201 for a book deleted since is "created
+resource not found"). So every well-formed key is made unique just before each request is
+sent, in every phase; malformed ones (empty, too long) are left as they are, so that their
+rejection is still tested. Replays are the system tests' job, where the intent is known.
 """
 
 import uuid
@@ -16,19 +18,18 @@ HEADER = "Idempotency-Key"
 
 
 def well_formed(value):
-    """What storagesvc accepts: visible ASCII (spaces inside), 1 to 255 once trimmed."""
-    if not isinstance(value, str) or not all(" " <= c <= "~" for c in value):
+    """What storagesvc accepts: a header value of visible ASCII, spaces and tabs (what
+    HTTP allows), 1 to 255 characters once the spaces and tabs around it are trimmed."""
+    if not isinstance(value, str) or not all(c == "\t" or " " <= c <= "~" for c in value):
         return False
-    return 1 <= len(value.strip(" ")) <= 255
+    return 1 <= len(value.strip(" \t")) <= 255
 
 
 @schemathesis.hook
-def map_headers(context, headers):
-    if headers is None:
-        return headers
+def before_call(context, case, kwargs):
+    headers = case.headers
+    if not headers:
+        return
     for name in list(headers):
-        if name.lower() == HEADER.lower():
-            value = headers[name]
-            if well_formed(value):
-                headers[name] = f"contract-{uuid.uuid4()}"
-    return headers
+        if name.lower() == HEADER.lower() and well_formed(headers[name]):
+            headers[name] = f"contract-{uuid.uuid4()}"
