@@ -19,6 +19,10 @@ pub struct Findings {
     pub phases: Vec<(Phase, Summary)>,
     /// From the fault's injection to the first stale answer.
     pub first_stale: Option<Duration>,
+    /// Every onset of the fault this target went through: the main run's first, then the
+    /// short trials'. The moment a fault takes effect varies by tens of milliseconds from
+    /// one `docker stop` to the next, so the onset promises are judged over all of them.
+    pub onsets: Vec<Onset>,
     /// From the moment the faulted services were healthy again to the first fresh answer
     /// after the repair; zero when it came before the drill saw them healthy.
     pub fresh_after_healthy: Option<Duration>,
@@ -43,10 +47,13 @@ pub fn findings(run: &ScenarioRun, target: &TargetRun) -> Findings {
     let samples = &target.samples;
     let timing = &target.timing;
     let fresh_again = first_answer(samples, Class::Fresh, timing.repair_at);
+    let main = onset(samples, timing.fault_at);
     Findings {
         phases: by_phase(&run.plan, samples),
-        first_stale: first_answer(samples, Class::Stale, timing.fault_at)
-            .map(|at| at.saturating_sub(timing.fault_at)),
+        first_stale: main.first_stale,
+        onsets: std::iter::once(main)
+            .chain(target.trials.iter().copied())
+            .collect(),
         fresh_after_healthy: timing
             .healthy_at
             .and_then(|healthy| fresh_again.map(|at| at.saturating_sub(healthy))),
@@ -76,6 +83,80 @@ fn by_phase(plan: &Plan, samples: &[Sample]) -> Vec<(Phase, Summary)> {
             (*phase, summary)
         })
         .collect()
+}
+
+/// One onset of a fault, as the answers show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Onset {
+    /// From the fault's injection to the first stale answer.
+    pub first_stale: Option<Duration>,
+    /// From the last fresh answer before that to the first stale one: how long the target
+    /// took to turn, whenever the fault took effect.
+    pub turned_in: Option<Duration>,
+}
+
+/// The onset of a fault injected at `fault_at`, from the samples of the run around it.
+pub fn onset(samples: &[Sample], fault_at: Duration) -> Onset {
+    let first = first_answer(samples, Class::Stale, fault_at);
+    let turned_in = first.and_then(|first| {
+        samples
+            .iter()
+            .filter(|s| s.class() == Class::Fresh)
+            .map(Sample::answered)
+            .filter(|answered| *answered <= first)
+            .max()
+            .map(|last| first - last)
+    });
+    Onset {
+        first_stale: first.map(|at| at.saturating_sub(fault_at)),
+        turned_in,
+    }
+}
+
+/// The median (the upper one of an even count) and the worst of `values`, where `None`
+/// is "never" and later than any time; `None` for both when there are none.
+pub fn median_and_worst(values: impl IntoIterator<Item = Option<Duration>>) -> Spread {
+    let mut sorted: Vec<Option<Duration>> = values.into_iter().collect();
+    sorted.sort_by_key(|value| value.unwrap_or(Duration::MAX));
+    Spread {
+        count: sorted.len(),
+        median: sorted.get(sorted.len() / 2).copied().flatten(),
+        worst: sorted.last().copied().flatten(),
+    }
+}
+
+/// How a figure measured several times came out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub count: usize,
+    pub median: Option<Duration>,
+    pub worst: Option<Duration>,
+}
+
+impl Findings {
+    /// The first stale answers over every onset.
+    pub fn first_stale_spread(&self) -> Spread {
+        median_and_worst(self.onsets.iter().map(|onset| onset.first_stale))
+    }
+
+    /// How long the target took to turn from fresh to stale, over every onset.
+    pub fn turned_in_spread(&self) -> Spread {
+        median_and_worst(self.onsets.iter().map(|onset| onset.turned_in))
+    }
+}
+
+/// `median m, worst w, of n onsets` in `unit`, or just the figure when there was one.
+pub fn spread(spread: Spread, unit: fn(Duration) -> String) -> String {
+    let shown = |value: Option<Duration>| value.map_or_else(|| "never".to_owned(), unit);
+    if spread.count <= 1 {
+        return shown(spread.median);
+    }
+    format!(
+        "median {}, worst {}, of {} onsets",
+        shown(spread.median),
+        shown(spread.worst),
+        spread.count
+    )
 }
 
 /// When the first answer of `class` completed at or after `since`.
@@ -163,10 +244,14 @@ pub fn checks(run: &ScenarioRun, target: &TargetRun, findings: &Findings) -> Vec
     )];
     match run.scenario.promises() {
         Promises::Outage => {
-            checks.push(within(
+            // Every onset must be within the bound: the worst is judged.
+            let first_stale = findings.first_stale_spread();
+            checks.push(Check::judged(
                 "first stale answer ≤ 0.2 s after the fault",
-                findings.first_stale,
-                FIRST_STALE_WITHIN,
+                spread(first_stale, secs),
+                first_stale
+                    .worst
+                    .is_some_and(|worst| worst <= FIRST_STALE_WITHIN),
             ));
             checks.push(behind_nginx(run, findings, is_booksvc));
             checks.push(Check::judged(
@@ -216,24 +301,23 @@ pub fn fresh_per_second(plan: &Plan, fault: &Summary) -> f64 {
     (fault.ok - fault.stale) as f64 / plan.fault.as_secs_f64().max(f64::MIN_POSITIVE)
 }
 
-/// booksvc's first stale answer against nginx's in the same scenario: no later than
-/// nginx's plus 20 ms (met when nginx never answered stale, or was not run).
+/// booksvc's first stale answer against nginx's in the same scenario, the medians over
+/// their onsets: no later than nginx's plus 20 ms (met when nginx never answered stale,
+/// or was not run).
 fn behind_nginx(run: &ScenarioRun, ours: &Findings, is_booksvc: bool) -> Check {
-    let promise = "first stale answer ≤ nginx's + 20 ms";
-    let ours = ours.first_stale;
+    let promise = "median first stale answer ≤ nginx's + 20 ms";
+    let shown = |value: Option<Duration>| value.map_or_else(|| "never".to_owned(), secs);
+    let ours = ours.first_stale_spread().median;
     if !is_booksvc {
         return Check {
             promise: promise.into(),
-            measured: ours.map_or_else(|| "never".into(), secs),
+            measured: shown(ours),
             met: None,
         };
     }
-    let nginx = other(run, NGINX).and_then(|nginx| findings(run, nginx).first_stale);
-    let measured = format!(
-        "{} against {}",
-        ours.map_or_else(|| "never".into(), secs),
-        nginx.map_or_else(|| "never".into(), secs)
-    );
+    let nginx =
+        other(run, NGINX).and_then(|nginx| findings(run, nginx).first_stale_spread().median);
+    let measured = format!("{} against {}", shown(ours), shown(nginx));
     let met = match (ours, nginx) {
         (Some(ours), Some(nginx)) => ours <= nginx + FIRST_STALE_BEHIND_NGINX,
         (Some(_), None) => true,
@@ -409,6 +493,7 @@ pub(crate) mod tests {
                 breaker: Some(breaker),
                 transitions: None,
                 reached: Reached::Counted(crate::metrics::ApiRequests { total: 4, ok: 0 }),
+                trials: Vec::new(),
             }],
             capacity: None,
         }
@@ -444,6 +529,7 @@ pub(crate) mod tests {
                 total: reached,
                 ok: 0,
             }),
+            trials: Vec::new(),
         };
         run.targets.push(nginx);
         run
@@ -574,7 +660,7 @@ pub(crate) mod tests {
         let run = with_nginx(story(), 50, 100);
         assert_eq!(
             missed(&judged(&run, 0)),
-            ["first stale answer ≤ nginx's + 20 ms"]
+            ["median first stale answer ≤ nginx's + 20 ms"]
         );
         let run = with_nginx(story(), 60, 100);
         assert!(missed(&judged(&run, 0)).is_empty());
@@ -594,9 +680,75 @@ pub(crate) mod tests {
         assert_eq!(
             unjudged,
             [
-                ("first stale answer ≤ nginx's + 20 ms", "0.06 s"),
+                ("median first stale answer ≤ nginx's + 20 ms", "0.06 s"),
                 ("p99 ≤ 5 ms while the breaker is open", "no breaker"),
                 ("healthy stale share ≤ 0.5%", "0.00% (0 of 44)"),
+            ]
+        );
+    }
+
+    fn trial(first_stale_ms: u64) -> Onset {
+        Onset {
+            first_stale: Some(Duration::from_millis(first_stale_ms)),
+            turned_in: Some(Duration::from_millis(5)),
+        }
+    }
+
+    #[test]
+    fn the_onset_is_the_first_stale_answer_and_the_turn_from_the_last_fresh_one() {
+        let run = story();
+        let found = findings(&run, &run.targets[0]);
+        // The last fresh answer: due at 1.9 s, answered at 1.902 s; the first stale one
+        // at 2.08 s.
+        assert_eq!(
+            found.onsets,
+            [Onset {
+                first_stale: Some(Duration::from_millis(80)),
+                turned_in: Some(Duration::from_millis(178)),
+            }]
+        );
+        // One onset is shown as its figure.
+        assert_eq!(spread(found.first_stale_spread(), secs), "0.08 s");
+    }
+
+    #[test]
+    fn onsets_are_judged_by_their_worst_against_the_bound_and_their_median_against_nginx() {
+        // nginx at 50 ms in the main run: booksvc's 80 ms alone is 30 ms behind; with
+        // trials at 40, 60 and 70 ms booksvc's median is 70 ms, nginx's (trials at 30 and
+        // 60) is 50 ms.
+        let mut run = with_nginx(story(), 50, 100);
+        run.targets[0].trials = vec![trial(40), trial(60), trial(70)];
+        run.targets[1].trials = vec![trial(30), trial(60)];
+        let booksvc = judged(&run, 0);
+        let behind = &booksvc[2];
+        assert_eq!(
+            (behind.measured.as_str(), behind.met),
+            ("0.07 s against 0.05 s", Some(true))
+        );
+        let within = &booksvc[1];
+        assert_eq!(
+            (within.measured.as_str(), within.met),
+            ("median 0.07 s, worst 0.08 s, of 4 onsets", Some(true))
+        );
+
+        // One onset past 0.2 s misses the bound, however good the median.
+        run.targets[0].trials.push(trial(250));
+        assert_eq!(
+            missed(&judged(&run, 0)),
+            ["first stale answer ≤ 0.2 s after the fault"]
+        );
+        // An onset without a stale answer is "never", the latest of all.
+        run.targets[0].trials = vec![Onset::default(); 3];
+        let booksvc = judged(&run, 0);
+        assert_eq!(
+            booksvc[1].measured,
+            "median never, worst never, of 4 onsets"
+        );
+        assert_eq!(
+            missed(&booksvc),
+            [
+                "first stale answer ≤ 0.2 s after the fault",
+                "median first stale answer ≤ nginx's + 20 ms"
             ]
         );
     }

@@ -69,6 +69,11 @@ struct Cli {
     /// Length of the recovery phase.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     recovery: Duration,
+    /// Short repeats of the fault's onset (1.5 s faults) before each main run of the
+    /// scenarios judged on their first stale answer; those promises are judged over every
+    /// onset, the main run's included.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=50))]
+    onset_trials: u32,
     /// A request without an answer by then counts as an error.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
@@ -260,6 +265,7 @@ async fn stack(cli: &Cli) -> anyhow::Result<Stack> {
         storagesvc_faults: cli.storagesvc_faults.clone(),
         storagesvc_url: cli.storagesvc_url.clone(),
         storagesvc_token: cli.storagesvc_token.clone(),
+        onset_trials: cli.onset_trials,
     })
 }
 

@@ -8,13 +8,14 @@ use anyhow::{Context, bail};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::analysis::{self, Onset};
 use crate::capacity;
 use crate::compose::{Compose, HealthCheck};
 use crate::fault::Fault;
 use crate::load::{get, run_open_loop};
 use crate::metrics::{self, BreakerTimeline};
 use crate::sample::{Class, Sample};
-use crate::scenario::{Action, Part, Scenario};
+use crate::scenario::{Action, Part, Promises, Scenario};
 use crate::schedule::Plan;
 
 /// A proxy under test, with the storagesvc instance behind it.
@@ -47,6 +48,9 @@ pub struct Stack {
     /// storagesvc's books, read directly (to measure its capacity), with its token.
     pub storagesvc_url: String,
     pub storagesvc_token: String,
+    /// Short repeats of the fault's onset before each main run, for the scenarios whose
+    /// promises include the first stale answer.
+    pub onset_trials: u32,
 }
 
 impl Stack {
@@ -100,6 +104,8 @@ pub struct TargetRun {
     /// Breaker transitions during the run, as (from, to, count).
     pub transitions: Option<Vec<(String, String, u64)>>,
     pub reached: Reached,
+    /// The onsets of the short trials before the main run.
+    pub trials: Vec<Onset>,
 }
 
 /// One scenario: every target through it, one after the other.
@@ -117,6 +123,11 @@ pub struct ScenarioRun {
 const BREAKER_POLL: Duration = Duration::from_millis(100);
 /// How long the repaired services may take to pass their health checks.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
+/// The phases of an onset trial: long enough for the first stale answer (promised within
+/// 0.2 s), short enough that a handful of them cost less than one main run.
+const TRIAL_BEFORE: Duration = Duration::from_millis(1000);
+const TRIAL_FAULT: Duration = Duration::from_millis(1500);
+const TRIAL_AFTER: Duration = Duration::from_millis(500);
 
 /// Runs `scenario` against each target in turn. One at a time, so that a target is
 /// measured with the machine to itself: the other's load (nginx keeps storagesvc busy with
@@ -206,20 +217,34 @@ async fn run_target(
     for url in &urls {
         warm_up(&client, target, url).await?;
     }
-    let mut fault = Fault::prepare(stack, scenario, target).await?;
+    let urls: Arc<[String]> = urls.into();
     let mut checks = Vec::new();
     for service in &faulted {
         checks.push(HealthCheck::of(&stack.compose, service).await?);
     }
 
+    let mut trials = Vec::new();
+    if scenario.promises() == Promises::Outage {
+        for trial in 1..=stack.onset_trials {
+            let onset = onset_trial(stack, scenario, plan.rate, target, &client, &urls, &checks)
+                .await
+                .with_context(|| format!("onset trial {trial}"))?;
+            progress(&format!(
+                "{} against {}: onset trial {trial} of {}: first stale after {}",
+                scenario.name(),
+                target.name,
+                stack.onset_trials,
+                onset
+                    .first_stale
+                    .map_or_else(|| "never".into(), analysis::secs)
+            ));
+            trials.push(onset);
+        }
+    }
+
+    let mut fault = Fault::prepare(stack, scenario, target).await?;
     let start = Instant::now() + Duration::from_millis(100);
-    let urls: Arc<[String]> = urls.into();
-    let timeout = stack.request_timeout;
-    let sender = client.clone();
-    let load = tokio::spawn(run_open_loop(plan, start, move |index, due_at, due| {
-        let url = urls[(index % urls.len() as u64) as usize].clone();
-        get(sender.clone(), url, due_at, due, timeout)
-    }));
+    let load = spawn_load(plan, start, &client, &urls, stack.request_timeout);
     let (stop_polling, polling) = watch::channel(false);
     let breaker = target.breaker_metrics.clone().map(|url| {
         let before = tokio::spawn(scrape_transitions(client.clone(), url.clone()));
@@ -277,7 +302,60 @@ async fn run_target(
         breaker: timeline,
         transitions,
         reached,
+        trials,
     })
+}
+
+/// The open-loop load of `plan` from `start`, over `urls` in turn.
+fn spawn_load(
+    plan: Plan,
+    start: Instant,
+    client: &reqwest::Client,
+    urls: &Arc<[String]>,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Vec<Sample>> {
+    let sender = client.clone();
+    let urls = urls.clone();
+    tokio::spawn(run_open_loop(plan, start, move |index, due_at, due| {
+        let url = urls[(index % urls.len() as u64) as usize].clone();
+        get(sender.clone(), url, due_at, due, timeout)
+    }))
+}
+
+/// One short repeat of the fault's onset: the load at `rate`, the fault in for a moment
+/// and repaired, then the target read until it answers fresh again, so that the next
+/// trial, or the main run, starts from a healthy stack and a warm cache.
+async fn onset_trial(
+    stack: &Stack,
+    scenario: Scenario,
+    rate: u32,
+    target: &Target,
+    client: &reqwest::Client,
+    urls: &Arc<[String]>,
+    checks: &[HealthCheck],
+) -> anyhow::Result<Onset> {
+    let plan = Plan {
+        rate,
+        baseline: TRIAL_BEFORE,
+        fault: TRIAL_FAULT,
+        recovery: TRIAL_AFTER,
+    };
+    let mut fault = Fault::prepare(stack, scenario, target).await?;
+    let start = Instant::now() + Duration::from_millis(100);
+    let load = spawn_load(plan, start, client, urls, stack.request_timeout);
+    tokio::time::sleep_until(start + plan.fault_start()).await;
+    let fault_at = start.elapsed();
+    fault.inject().await?;
+    tokio::time::sleep_until(start + plan.fault_end()).await;
+    fault.repair().await?;
+    if wait_healthy(checks, start).await.is_none() {
+        bail!("the repaired services did not pass their health checks within 90 s");
+    }
+    let samples = load.await.context("the load task failed")?;
+    for url in urls.iter() {
+        warm_up(client, target, url).await?;
+    }
+    Ok(analysis::onset(&samples, fault_at))
 }
 
 /// Reads the target until it answers fresh, so its copy of the answer is stored before the
