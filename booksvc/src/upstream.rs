@@ -21,7 +21,7 @@ use axum::http::header::HeaderName;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -163,6 +163,61 @@ impl Collector for LimiterGauges {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    /// `in_rotation`, `ejected` or `probing`.
+    state: &'static str,
+}
+
+/// storagesvc's addresses by state, ejections and probes, read from the client's balancer
+/// at each scrape.
+struct EndpointGauges(ServiceClient);
+
+impl Collector for EndpointGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(counts) = self.0.balancer_counts() else {
+            return Ok(());
+        };
+        let gauge = |value: usize| ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+        let mut family = encoder.encode_descriptor(
+            "upstream_endpoints",
+            "storagesvc's addresses, by state: in rotation, ejected after failing attempts, or waiting for a health probe",
+            None,
+            gauge(0).metric_type(),
+        )?;
+        for (state, value) in [
+            ("in_rotation", counts.in_rotation),
+            ("ejected", counts.ejected),
+            ("probing", counts.probing),
+        ] {
+            gauge(value).encode(family.encode_family(&EndpointLabels { state })?)?;
+        }
+        for (name, help, value) in [
+            (
+                "upstream_endpoint_ejections",
+                "Times an address of storagesvc was taken out of rotation (failing attempts in a row, or a failed probe)",
+                counts.ejections_total,
+            ),
+            (
+                "upstream_endpoint_probes",
+                "Health probes sent to ejected addresses of storagesvc",
+                counts.probes_total,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for EndpointGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointGauges")
+    }
+}
+
 /// storagesvc behind the policies; cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
@@ -244,6 +299,7 @@ impl Upstream {
         if let Some(limiter) = &resilience.limiter {
             registry.register_collector(Box::new(LimiterGauges(limiter.clone())));
         }
+        registry.register_collector(Box::new(EndpointGauges(client.clone())));
         let writes = Resilience {
             adaptive_timeout: None,
             latency: Arc::new(LatencyTracker::new()),

@@ -10,8 +10,10 @@
 //! - [`breaker`]: the circuit breaker, with one probe at a time in half-open;
 //! - [`latency`]: recent healthy latency, the adaptive attempt timeout and `STALE_AFTER`;
 //! - [`limiter`]: the adaptive concurrency limit, which sheds rather than queues;
+//! - [`balance`]: which of a service's addresses an attempt goes to, and outlier ejection;
 //! - [`call`]: all of them around one call, in order, with the deadline and attempt timeout.
 
+pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod call;
@@ -21,6 +23,7 @@ pub mod outcome;
 pub mod retry_after;
 mod window;
 
+pub use balance::{Balancer, BalancerConfig, BalancerCounts, EndpointState, Pick};
 pub use breaker::{BreakerConfig, BreakerOpen, BreakerPermit, BreakerState, CircuitBreaker};
 pub use budget::{RetryBudget, RetryBudgetConfig};
 pub use call::{

@@ -246,6 +246,125 @@ async fn a_refused_connection_is_a_transport_error_naming_the_call() {
     );
 }
 
+/// Answers every request `200` with its `Host` header, counting what it served.
+async fn spawn_counting() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let served = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .fallback(any(
+            |State(served): State<Arc<AtomicUsize>>, headers: HeaderMap| async move {
+                served.fetch_add(1, Ordering::Relaxed);
+                let host = headers
+                    .get("host")
+                    .and_then(|host| host.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                Json(json!({ "host": host }))
+            },
+        ))
+        .with_state(Arc::clone(&served));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, served)
+}
+
+#[tokio::test]
+async fn given_addresses_share_the_calls_and_one_that_refuses_is_ejected() {
+    let (first, served_first) = spawn_counting().await;
+    let (second, served_second) = spawn_counting().await;
+    let refusing = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    // No port in the URL: each address's own port is used, and the name is the Host.
+    let config = ServiceClientConfig::new(
+        "storagesvc",
+        reqwest::Url::parse("http://storagesvc.internal").unwrap(),
+    )
+    .with_addresses(vec![first, second, refusing]);
+    let client = ServiceClient::new(config, "booksvc", "1").unwrap();
+
+    let mut refused = 0;
+    for _ in 0..60 {
+        match client
+            .execute(Method::GET, "/books", HeaderMap::new(), None)
+            .await
+        {
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::OK);
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["host"], "storagesvc.internal");
+            }
+            Err(err) => {
+                assert!(
+                    err.transport().is_some_and(reqwest::Error::is_connect),
+                    "{err:?}"
+                );
+                assert!(err.to_string().contains(&refusing.to_string()), "{err}");
+                refused += 1;
+            }
+        }
+    }
+    // A refused connection is an attempt without an answer: the first ejects the address,
+    // and no call goes there again before its probe.
+    assert_eq!(refused, 1, "attempts lost to the refusing address");
+    let counts = client.balancer_counts().unwrap();
+    assert_eq!((counts.in_rotation, counts.ejections_total), (2, 1));
+    let (a, b) = (
+        served_first.load(Ordering::Relaxed),
+        served_second.load(Ordering::Relaxed),
+    );
+    assert_eq!(a + b, 59);
+    assert!(
+        a >= 10 && b >= 10,
+        "both live addresses served: {a} and {b}"
+    );
+}
+
+#[tokio::test]
+async fn a_name_is_resolved_to_every_address_it_has() {
+    let (address, served) = spawn_counting().await;
+    let url = format!("http://localhost:{}", address.port());
+    let client = client(&url, &[]);
+    assert_eq!(
+        client.balancer_counts().map(|counts| counts.in_rotation),
+        Some(0),
+        "nothing is resolved before the first call"
+    );
+    // localhost may also stand for ::1, where nothing listens: that attempt is refused.
+    let _ = client
+        .execute(Method::GET, "/books", HeaderMap::new(), None)
+        .await;
+    let mut resolved: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host(("localhost", address.port()))
+            .await
+            .unwrap()
+            .collect();
+    resolved.dedup();
+    let mut known = client.addresses();
+    known.sort();
+    resolved.sort();
+    assert_eq!(known, resolved);
+    assert!(known.contains(&address), "{known:?}");
+    for _ in 0..10 {
+        let _ = client
+            .execute(Method::GET, "/books", HeaderMap::new(), None)
+            .await;
+    }
+    assert!(served.load(Ordering::Relaxed) >= 1);
+}
+
+#[test]
+fn addresses_for_a_base_url_with_an_ip_are_refused() {
+    let config = ServiceClientConfig::new(
+        "storagesvc",
+        reqwest::Url::parse("http://127.0.0.1:8082").unwrap(),
+    )
+    .with_addresses(vec!["127.0.0.1:8083".parse().unwrap()]);
+    let err = ServiceClient::new(config, "booksvc", "1").unwrap_err();
+    assert!(err.to_string().contains("whose host is a name"), "{err}");
+}
+
 #[test]
 fn a_missing_url_is_a_startup_error_naming_the_variable() {
     let err = ServiceClientConfig::from_lookup("storagesvc", |_| None).unwrap_err();

@@ -1,14 +1,18 @@
 //! Everything a [`ServiceClient`](super::ServiceClient) is built from, read once at start-up.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
 
+use resilience::BalancerConfig;
+
 use super::auth::AuthConfig;
 use super::discovery::ServiceVars;
+use super::endpoints::DEFAULT_RESOLVE_EVERY;
 use super::error::ConfigError;
 
 /// Bound on opening a TCP connection. A connect inside one network takes milliseconds; a
@@ -37,6 +41,12 @@ pub struct ServiceClientConfig {
     /// The roots an `https` server's certificate must chain to, for the service and its
     /// token endpoint: the system's store when `None`, else only these (`{NAME}_CA_FILE`).
     pub ca_file: Option<CaFile>,
+    /// How attempts are spread over the service's addresses and when one is ejected.
+    pub balancer: BalancerConfig,
+    /// How often the base URL's host name is resolved again.
+    pub resolve_every: Duration,
+    /// The service's addresses, when given (`{NAME}_ADDRESSES`) rather than resolved.
+    pub addresses: Option<Vec<SocketAddr>>,
 }
 
 /// The certificates of a CA file, trusted instead of the system's store: a deployment's own
@@ -96,6 +106,9 @@ impl ServiceClientConfig {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
             ca_file: None,
+            balancer: BalancerConfig::default(),
+            resolve_every: DEFAULT_RESOLVE_EVERY,
+            addresses: None,
         }
     }
 
@@ -120,8 +133,13 @@ impl ServiceClientConfig {
             Some(path) => Some(CaFile::load(&vars.name("CA_FILE"), Path::new(path.trim()))?),
             None => None,
         };
+        let addresses = match vars.get("ADDRESSES") {
+            Some(list) => Some(parse_addresses(&vars.name("ADDRESSES"), &list)?),
+            None => None,
+        };
         Ok(Self {
             ca_file,
+            addresses,
             ..Self::new(service, base_url).with_auth(auth)
         })
     }
@@ -143,15 +161,83 @@ impl ServiceClientConfig {
         self
     }
 
+    /// Calls the service at `addresses` instead of resolving the base URL's host.
+    pub fn with_addresses(mut self, addresses: Vec<SocketAddr>) -> Self {
+        self.addresses = Some(addresses);
+        self
+    }
+
+    /// Spreads attempts and ejects addresses as `balancer` says.
+    pub fn with_balancer(mut self, balancer: BalancerConfig) -> Self {
+        self.balancer = balancer;
+        self
+    }
+
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 }
 
+/// `10.0.0.5:8082,10.0.0.6:8082`: socket addresses, comma-separated, at least one.
+fn parse_addresses(variable: &str, list: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let addresses = list
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<SocketAddr>()
+                .map_err(|_| ConfigError::InvalidValue {
+                    variable: variable.to_owned(),
+                    reason: format!("`{item}` is not an IP address with a port (`10.0.0.5:8082`)"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if addresses.is_empty() {
+        return Err(ConfigError::InvalidValue {
+            variable: variable.to_owned(),
+            reason: "no address in the list".into(),
+        });
+    }
+    Ok(addresses)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_read_from_name_addresses_and_a_wrong_one_is_named() {
+        let config = ServiceClientConfig::from_lookup("storagesvc", |name| match name {
+            "STORAGESVC_URL" => Some("http://storagesvc:8082".to_owned()),
+            "STORAGESVC_ADDRESSES" => Some(" 10.0.0.5:8082, 10.0.0.6:8082,".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        let expected: Vec<SocketAddr> = vec![
+            "10.0.0.5:8082".parse().unwrap(),
+            "10.0.0.6:8082".parse().unwrap(),
+        ];
+        assert_eq!(config.addresses, Some(expected));
+        for (list, expected) in [
+            (
+                "storagesvc-1:8082",
+                "`storagesvc-1:8082` is not an IP address with a port",
+            ),
+            ("10.0.0.5", "`10.0.0.5` is not an IP address with a port"),
+            (" , ", "no address in the list"),
+        ] {
+            let err = ServiceClientConfig::from_lookup("storagesvc", |name| match name {
+                "STORAGESVC_URL" => Some("http://storagesvc:8082".to_owned()),
+                "STORAGESVC_ADDRESSES" => Some(list.to_owned()),
+                _ => None,
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("STORAGESVC_ADDRESSES"), "{err}");
+            assert!(err.contains(expected), "{list}: {err}");
+        }
+    }
 
     #[test]
     fn discovers_url_and_auth_from_lookup() {

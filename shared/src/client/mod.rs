@@ -20,12 +20,15 @@
 pub mod auth;
 pub mod config;
 pub mod discovery;
+pub mod endpoints;
 pub mod error;
 pub mod oauth;
 pub mod secret;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
@@ -39,7 +42,9 @@ pub use secret::Secret;
 
 use crate::trace_context::{self, TRACEPARENT, TRACESTATE, TraceParent, X_REQUEST_ID};
 use auth::Authenticator;
+use endpoints::Endpoints;
 use oauth::AccessToken;
+use resilience::BalancerCounts;
 
 /// Every `reqwest` client of the workspace starts here (clippy refuses
 /// `reqwest::Client::new` and `reqwest::Client::builder` elsewhere): reqwest is built with
@@ -61,7 +66,7 @@ pub struct ServiceClient {
 struct Inner {
     service: String,
     base_url: Url,
-    http: reqwest::Client,
+    endpoints: Arc<Endpoints>,
     auth: Authenticator,
 }
 
@@ -82,36 +87,54 @@ impl ServiceClient {
                     reason: err.to_string(),
                 }
             })?;
-        let build = |default_headers: HeaderMap| {
-            let mut builder = http_client_builder()
-                .user_agent(user_agent.clone())
-                .default_headers(default_headers)
-                .connect_timeout(config.connect_timeout)
-                .pool_idle_timeout(config.pool_idle_timeout)
-                .pool_max_idle_per_host(config.pool_max_idle_per_host)
-                .redirect(reqwest::redirect::Policy::none())
-                .retry(reqwest::retry::never());
-            // `https`: the system's roots, or only the configured CA's.
-            if let Some(ca_file) = &config.ca_file {
-                builder = builder.tls_certs_only(ca_file.certificates.iter().cloned());
-            }
-            builder.build().map_err(|error| ConfigError::HttpClient {
-                service: service.clone(),
-                error,
-            })
+        let settings = ClientSettings {
+            service: service.clone(),
+            user_agent,
+            connect_timeout: config.connect_timeout,
+            pool_idle_timeout: config.pool_idle_timeout,
+            pool_max_idle_per_host: config.pool_max_idle_per_host,
+            ca_file: config.ca_file.clone(),
         };
-        let http = build(config.default_headers)?;
         // The token endpoint is another server: it gets the user agent, not the headers
-        // meant for the service.
-        let auth = Authenticator::new(&service, config.auth, build(HeaderMap::new())?)?;
+        // meant for the service, and is reached by name.
+        let auth = Authenticator::new(
+            &service,
+            config.auth,
+            settings.build(HeaderMap::new(), None)?,
+        )?;
+        let host = config.base_url.host_str().unwrap_or_default().to_owned();
+        let default_headers = config.default_headers;
+        let build: endpoints::BuildClient = Box::new(move |address| {
+            settings.build(default_headers.clone(), address.map(|a| (host.as_str(), a)))
+        });
+        let endpoints = Endpoints::new(
+            &service,
+            &config.base_url,
+            config.addresses.as_deref(),
+            build,
+            config.balancer,
+            config.resolve_every,
+            config.connect_timeout,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 service,
                 base_url: config.base_url,
-                http,
+                endpoints: Arc::new(endpoints),
                 auth,
             }),
         })
+    }
+
+    /// How many of the service's addresses are in rotation, ejected or being probed, when
+    /// it is called by name.
+    pub fn balancer_counts(&self) -> Option<BalancerCounts> {
+        self.inner.endpoints.counts()
+    }
+
+    /// The service's addresses as last resolved (none for a base URL with an address).
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.inner.endpoints.addresses()
     }
 
     /// The name the service was discovered by.
@@ -152,19 +175,6 @@ impl ServiceClient {
         Ok(url)
     }
 
-    /// A request for `path_and_query` with credentials, default and trace headers applied,
-    /// for callers that want `reqwest`'s builder. Build a new one for every attempt.
-    pub async fn request(
-        &self,
-        method: Method,
-        path_and_query: &str,
-    ) -> Result<RequestBuilder, ClientError> {
-        let (request, _) = self
-            .prepare(method, path_and_query, HeaderMap::new())
-            .await?;
-        Ok(request)
-    }
-
     /// One attempt: sends the request and returns the response, whatever its status.
     ///
     /// `headers` are the call's own (an `Idempotency-Key`, a deadline); they override the
@@ -172,6 +182,10 @@ impl ServiceClient {
     /// replace any the caller passed; `x-request-id` is the current request's unless the
     /// caller set one. A `401` answer to an OAuth2 token discards that token, so the next
     /// attempt or call fetches a new one.
+    ///
+    /// The attempt goes to one of the service's addresses ([`endpoints`]); its result
+    /// counts for that address: no answer or a 5xx against it, anything else for it, and
+    /// an attempt dropped before its answer (cut off by its timeout) against it.
     pub async fn execute(
         &self,
         method: Method,
@@ -179,22 +193,37 @@ impl ServiceClient {
         headers: HeaderMap,
         body: Option<Bytes>,
     ) -> Result<Response, ClientError> {
+        let route = self.inner.endpoints.route().await;
         let (mut request, token) = self
-            .prepare(method.clone(), path_and_query, headers)
+            .prepare(&route.http, method.clone(), path_and_query, headers)
             .await?;
         if let Some(body) = body {
             request = request.body(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| ClientError::Transport {
-                method,
-                url: self
+        let address = route.address();
+        let response = match request.send().await {
+            Ok(response) => {
+                route.answered(response.status());
+                response
+            }
+            Err(error) => {
+                route.unanswered();
+                if error.is_connect() {
+                    self.inner.endpoints.connection_failed();
+                }
+                let url = self
                     .url(path_and_query)
-                    .map_or_else(|_| path_and_query.to_owned(), |url| url.to_string()),
-                error,
-            })?;
+                    .map_or_else(|_| path_and_query.to_owned(), |url| url.to_string());
+                return Err(ClientError::Transport {
+                    method,
+                    url: match address {
+                        Some(address) => format!("{url} (at {address})"),
+                        None => url,
+                    },
+                    error,
+                });
+            }
+        };
         if response.status() == StatusCode::UNAUTHORIZED
             && let Some(token) = token
         {
@@ -209,6 +238,7 @@ impl ServiceClient {
 
     async fn prepare(
         &self,
+        http: &reqwest::Client,
         method: Method,
         path_and_query: &str,
         mut headers: HeaderMap,
@@ -234,7 +264,7 @@ impl ServiceClient {
                     .or_insert_with(|| request_id.clone());
             }
         }
-        let request = self.inner.http.request(method, url).headers(headers);
+        let request = http.request(method, url).headers(headers);
         self.inner
             .auth
             .authorize(request)
@@ -243,6 +273,45 @@ impl ServiceClient {
                 service: self.inner.service.clone(),
                 error,
             })
+    }
+}
+
+/// What every `reqwest` client of one service is built with.
+struct ClientSettings {
+    service: String,
+    user_agent: HeaderValue,
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    ca_file: Option<CaFile>,
+}
+
+impl ClientSettings {
+    /// A client sending `default_headers`; pinned to one address of `host` when given.
+    fn build(
+        &self,
+        default_headers: HeaderMap,
+        pinned: Option<(&str, SocketAddr)>,
+    ) -> Result<reqwest::Client, ConfigError> {
+        let mut builder = http_client_builder()
+            .user_agent(self.user_agent.clone())
+            .default_headers(default_headers)
+            .connect_timeout(self.connect_timeout)
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never());
+        if let Some((host, address)) = pinned {
+            builder = builder.resolve(host, address);
+        }
+        // `https`: the system's roots, or only the configured CA's.
+        if let Some(ca_file) = &self.ca_file {
+            builder = builder.tls_certs_only(ca_file.certificates.iter().cloned());
+        }
+        builder.build().map_err(|error| ConfigError::HttpClient {
+            service: self.service.clone(),
+            error,
+        })
     }
 }
 
