@@ -5,6 +5,12 @@
 //! its state and its error). Error strings name hosts, ports and drivers: they are for the
 //! operator, not for whoever can reach the public port.
 //!
+//! The admin port also answers `/.well-known/started`: `200` once the instance has been
+//! ready at least once since it started, and from then on for as long as it answers. That
+//! is the check for an orchestrator that has one health check for everything (Docker
+//! Swarm): it gates a rolling update on the new replica being ready, yet never kills a
+//! running replica because a dependency went down.
+//!
 //! Liveness only says the process answers. Readiness runs every registered check, each
 //! bounded by a timeout so a hanging dependency makes the probe fail rather than hang,
 //! and answers 503 when a *critical* check fails. A service registers a dependency it can
@@ -13,6 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -79,6 +86,8 @@ struct Registered {
 pub struct Health {
     checks: Arc<Vec<Registered>>,
     timeout: Option<Duration>,
+    /// Set the first time a readiness report says ready.
+    started: Arc<AtomicBool>,
 }
 
 /// How long one check may take before it counts as failed.
@@ -117,7 +126,18 @@ impl Health {
             checks.insert(registered.name.to_owned(), entry);
         }
         let body = json!({ "status": if ready { "up" } else { "down" }, "checks": checks });
+        if ready {
+            self.started.store(true, Ordering::Relaxed);
+        }
         (ready, body)
+    }
+
+    /// Whether the instance has been ready at least once: checked now if it never was.
+    pub async fn started(&self) -> bool {
+        if self.started.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.report().await.0
     }
 
     /// The public port's `/.well-known` routes: liveness, and readiness with its status
@@ -140,6 +160,7 @@ impl Health {
         Router::new()
             .route("/.well-known/alive", get(alive))
             .route("/.well-known/health", get(readiness))
+            .route("/.well-known/started", get(started))
             .with_state(self)
     }
 }
@@ -181,6 +202,7 @@ impl HealthBuilder {
         Health {
             checks: Arc::new(self.checks),
             timeout: self.timeout,
+            started: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -210,6 +232,17 @@ fn readiness_status(ready: bool) -> StatusCode {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     }
+}
+
+/// `200` once ready at least once, `503` before.
+async fn started(State(health): State<Health>) -> impl IntoResponse {
+    let started = health.started().await;
+    let status = if started {
+        HealthStatus::Up
+    } else {
+        HealthStatus::Down
+    };
+    (readiness_status(started), Json(TerseHealth { status }))
 }
 
 async fn readiness(State(health): State<Health>) -> impl IntoResponse {
@@ -275,6 +308,43 @@ mod tests {
         assert!(ready);
         assert_eq!(body["checks"]["cache"]["status"], "down");
         assert_eq!(body["checks"]["db"]["status"], "up");
+    }
+
+    /// Healthy until told otherwise.
+    struct Switch(Arc<AtomicBool>);
+    impl HealthCheck for Switch {
+        fn check(&self) -> Pin<Box<dyn Future<Output = CheckOutcome> + Send + '_>> {
+            let healthy = self.0.load(Ordering::Relaxed);
+            Box::pin(async move {
+                CheckOutcome {
+                    healthy,
+                    details: json!({}),
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn started_waits_for_the_first_ready_report_and_then_stays_up() {
+        let database = Arc::new(AtomicBool::new(false));
+        let health = Health::builder()
+            .critical("db", Switch(Arc::clone(&database)))
+            .build();
+        let admin = || health.clone().admin_routes::<()>();
+        assert_eq!(
+            get(admin(), "/.well-known/started").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        database.store(true, Ordering::Relaxed);
+        assert_eq!(get(admin(), "/.well-known/started").await.0, StatusCode::OK);
+        // The database goes down: unready, but still started.
+        database.store(false, Ordering::Relaxed);
+        assert_eq!(
+            get(admin(), "/.well-known/health").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let (status, body) = get(admin(), "/.well-known/started").await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"status": "up"})));
     }
 
     #[tokio::test]
