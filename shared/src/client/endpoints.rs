@@ -242,7 +242,13 @@ impl Endpoints {
         };
         let lookup = tokio::net::lookup_host((host.as_str(), *port));
         let found: Vec<SocketAddr> = match tokio::time::timeout(self.probe_timeout, lookup).await {
-            Ok(Ok(addresses)) => addresses.collect(),
+            // Sorted: a DNS server that rotates its answers (Docker's does) has not changed
+            // the addresses.
+            Ok(Ok(addresses)) => {
+                let mut addresses: Vec<SocketAddr> = addresses.collect();
+                addresses.sort();
+                addresses
+            }
             Ok(Err(err)) => {
                 tracing::warn!(service = %self.service, %host, %err, "resolving the service's name failed; keeping its known addresses");
                 Vec::new()
