@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# The stack on Docker Swarm (deploy/swarm/stack.yaml), deployed, loaded and faulted, every
+# promise checked with figures printed:
+#
+#   1. deploy: every service healthy within 120 s of `docker stack deploy`;
+#   2. one storagesvc replica of three paused (`docker pause`), 200 reads/s for 30 s:
+#      100% 2xx, at least 99% fresh, p99 <= 100 ms, and the paused replica asked no more
+#      than a few health probes a second (booksvc logs each one);
+#   3. rolling updates of storagesvc, then of booksvc (start-first, one task at a time),
+#      under 200 reads/s and 5 writes/s with idempotency keys: no failed read, no write
+#      lost, none applied twice;
+#   4. one booksvc replica killed (`docker kill`) under 200 reads/s: at most 0.5% of that
+#      second's requests fail, none after, and swarm replaces it;
+#   5. a write through the edge is never followed by a read showing the old book, though
+#      the read often lands on the other booksvc replica.
+#
+# The swarm: if this node is in none, one is made (`docker swarm init`) and left again at
+# the end; a node already in one is left in it. Everything the script deployed is removed
+# at the end, on failure too (unless --keep).
+#
+# Images: STORAGESVC_IMAGE, BOOKSVC_IMAGE, POSTGRES_IMAGE and REDIS_IMAGE as
+# scripts/offline-images.sh exports them (default: the compose file's names, which must
+# exist locally: a single-node swarm runs local images); the edge image is built here,
+# from deploy/swarm/edge on bookstore/runtime:bookworm when that exists.
+# The edge publishes SWARM_PORT (default 28081) on 127.0.0.1... and every other address.
+
+set -Eeuo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
+ROOT_DIR=$(cd -- "$SCRIPT_DIR/.." && pwd)
+readonly ROOT_DIR
+LOG_PREFIX=swarm-smoke
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"
+
+readonly STACK=${SWARM_STACK:-bookstore-swarm}
+readonly PORT=${SWARM_PORT:-28081}
+readonly BASE="http://127.0.0.1:$PORT"
+readonly WRITER_TOKEN=bookstore-dev-writer-token
+readonly EDGE_IMAGE_TAG=bookstore/edge:latest
+readonly LOAD=(python3 "$SCRIPT_DIR/swarm-load.py" --url "$BASE")
+# The promises, as figures.
+readonly HEALTHY_WITHIN=120
+readonly RATE=200
+readonly WRITE_RATE=5
+
+usage() {
+	sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+	cat <<EOF
+Usage: ${0##*/} [--keep] [--help]
+
+  --keep      leave the stack deployed at the end; remove it later with
+              docker stack rm $STACK (and docker swarm leave --force, if the script made
+              the swarm: it says so)
+EOF
+}
+
+KEEP=false
+while (($#)); do
+	case $1 in
+	--keep) KEEP=true ;;
+	-h | --help) usage && exit 0 ;;
+	*) die "unknown argument '$1' (see --help)" ;;
+	esac
+	shift
+done
+
+started=$SECONDS
+step() { log "[$(printf '%4d' $((SECONDS - started)))s] $*"; }
+
+check_docker
+command -v python3 >/dev/null || die "python3 is needed for the load (scripts/swarm-load.py)"
+export STORAGESVC_IMAGE=${STORAGESVC_IMAGE:-bookstore/storagesvc:latest}
+export BOOKSVC_IMAGE=${BOOKSVC_IMAGE:-bookstore/booksvc:latest}
+export POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:15}
+export REDIS_IMAGE=${REDIS_IMAGE:-redis:7}
+export EDGE_IMAGE=$EDGE_IMAGE_TAG EDGE_PORT=$PORT DEPLOYMENT_REVISION=1
+for image in "$STORAGESVC_IMAGE" "$BOOKSVC_IMAGE" "$POSTGRES_IMAGE" "$REDIS_IMAGE"; do
+	image_exists "$image" || die "image $image is missing (scripts/offline-images.sh builds them)"
+done
+
+step "the edge image: $EDGE_IMAGE_TAG from deploy/swarm/edge"
+base=debian:bookworm-slim
+image_exists bookstore/runtime:bookworm && base=bookstore/runtime:bookworm
+DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE=$base" -t "$EDGE_IMAGE_TAG" \
+	"$ROOT_DIR/deploy/swarm/edge" >/dev/null || die "building the edge image failed"
+
+MADE_SWARM=false
+swarm_state=$(docker info --format '{{.Swarm.LocalNodeState}}')
+case $swarm_state in
+active) step "this node is already in a swarm: deploying into it" ;;
+inactive)
+	step "docker swarm init (left again at the end)"
+	docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+	MADE_SWARM=true
+	;;
+*) die "this node's swarm state is '$swarm_state'; expected active or inactive" ;;
+esac
+
+stack_containers() { docker ps -q --filter "label=com.docker.stack.namespace=$STACK"; }
+service_container() { docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$1"; }
+
+teardown() {
+	local rc=$?
+	trap - ERR
+	if ((rc != 0)); then
+		log "failed; the services' last log lines (access lines left out):"
+		for service in storagesvc booksvc edge; do
+			timeout 20 docker service logs --tail 300 "${STACK}_$service" 2>&1 |
+				grep -v 'finished processing request' | tail -n 15 >&2 || true
+		done
+		docker service ls --filter "label=com.docker.stack.namespace=$STACK" >&2 || true
+	fi
+	if $KEEP; then
+		log "stack $STACK left deployed (--keep)$($MADE_SWARM && echo '; this script made the swarm: docker swarm leave --force')"
+		exit "$rc"
+	fi
+	docker stack rm "$STACK" >/dev/null 2>&1 || true
+	local deadline=$((SECONDS + 60))
+	while [[ -n $(stack_containers) || -n $(docker network ls -q --filter "label=com.docker.stack.namespace=$STACK") ]]; do
+		((SECONDS < deadline)) || {
+			log "the stack's containers or networks are still there after 60 s"
+			break
+		}
+		sleep 1
+	done
+	docker volume rm "${STACK}_books-data" >/dev/null 2>&1 || true
+	if $MADE_SWARM; then
+		docker swarm leave --force >/dev/null 2>&1 || log "could not leave the swarm this script made"
+	fi
+	exit "$rc"
+}
+trap teardown EXIT
+
+step "docker stack deploy $STACK (edge on port $PORT)"
+deploy_started=$SECONDS
+docker stack deploy --resolve-image never -c "$ROOT_DIR/deploy/swarm/stack.yaml" "$STACK" >/dev/null
+
+# Every service at its replica count, every task's container healthy, the edge answering.
+all_healthy() {
+	local replicas
+	replicas=$(docker service ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Replicas}}')
+	[[ -n $replicas ]] || return 1
+	while read -r running; do
+		[[ $running =~ ^([0-9]+)/([0-9]+) ]] && [[ ${BASH_REMATCH[1]} == "${BASH_REMATCH[2]}" ]] || return 1
+	done <<<"$replicas"
+	local ids
+	ids=$(stack_containers)
+	[[ -n $ids ]] || return 1
+	# shellcheck disable=SC2086 # one id per word
+	[[ -z $(docker inspect --format '{{.State.Health.Status}}' $ids | grep -v '^healthy$') ]] || return 1
+	[[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE/books?limit=5") == 200 ]]
+}
+wait_healthy() {
+	local within=$1 deadline=$((SECONDS + $1))
+	until all_healthy; do
+		((SECONDS < deadline)) || die "not every service healthy within $within s: $(docker service ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}} {{.Replicas}}' | paste -sd ' ')"
+		sleep 1
+	done
+}
+wait_healthy "$HEALTHY_WITHIN"
+took=$((SECONDS - deploy_started))
+step "deployed: every service healthy after $took s (promise: <= $HEALTHY_WITHIN s)"
+
+# Reads a JSON figure: figure FILE EXPRESSION (Python, on `d`).
+figure() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+runs=$(mktemp -d)
+
+# --- 2. one storagesvc replica of three paused -------------------------------------------
+# A healthy baseline first, which also gives each booksvc replica the history its adaptive
+# attempt timeout needs (256 answers; until then an attempt may take ATTEMPT_TIMEOUT, and a
+# paused replica would stall every read waiting on it that long).
+step "healthy baseline: $RATE reads/s for 10 s"
+"${LOAD[@]}" --rate "$RATE" --duration 10 >"$runs/baseline.json"
+step "healthy: $(figure "$runs/baseline.json" 'd["reads"]["sent"]') reads, $(figure "$runs/baseline.json" 'd["reads"]["errors"]') failed, $(figure "$runs/baseline.json" 'd["reads"]["stale"]') stale, p99 $(figure "$runs/baseline.json" 'd["reads"]["p99_ms"]') ms"
+(($(figure "$runs/baseline.json" 'd["reads"]["errors"]') == 0)) || die "reads failed on the healthy stack"
+mapfile -t replicas < <(service_container storagesvc)
+((${#replicas[@]} == 3)) || die "expected 3 storagesvc containers, found ${#replicas[@]}"
+paused=${replicas[0]}
+step "paused: storagesvc container ${paused:0:12}; $RATE reads/s for 30 s"
+since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+docker pause "$paused" >/dev/null
+pause_started=$SECONDS
+"${LOAD[@]}" --rate "$RATE" --duration 30 >"$runs/paused.json"
+paused_for=$((SECONDS - pause_started))
+docker unpause "$paused" >/dev/null
+# Each booksvc replica logs every probe it sends to an ejected address. (Per container:
+# `docker service logs` can hang on a paused task.)
+probes=0
+for booksvc in $(service_container booksvc); do
+	count=$(timeout 20 docker logs --since "$since" "$booksvc" 2>&1 | grep -c 'failed its health probe' || true)
+	probes=$((probes + count))
+done
+sent=$(figure "$runs/paused.json" 'd["reads"]["sent"]')
+ok=$(figure "$runs/paused.json" 'd["reads"]["ok"]')
+fresh=$(figure "$runs/paused.json" 'd["reads"]["fresh"]')
+p99=$(figure "$runs/paused.json" 'd["reads"]["p99_ms"]')
+probe_rate=$(python3 -c "print(round($probes / max($paused_for, 1) / 2, 2))")
+step "paused replica: $sent reads, $ok 2xx, $fresh fresh, p99 $p99 ms; $probes failed health probes of it by 2 booksvc replicas in $paused_for s ($probe_rate a second each)"
+((ok == sent)) || die "not every read answered 2xx while a replica was paused: $(cat "$runs/paused.json")"
+((fresh * 100 >= sent * 99)) || die "fewer than 99% fresh while a replica was paused ($fresh of $sent)"
+python3 -c "import sys; sys.exit(0 if $p99 <= 100 else 1)" || die "p99 $p99 ms > 100 ms while a replica was paused"
+python3 -c "import sys; sys.exit(0 if $probe_rate <= 3 else 1)" || die "the paused replica was probed $probe_rate times a second by each booksvc replica"
+wait_healthy 60
+
+# --- 3. rolling updates under reads and keyed writes -----------------------------------
+label="roll-$(date +%s)"
+step "rolling updates of storagesvc then booksvc under $RATE reads/s and $WRITE_RATE keyed writes/s"
+"${LOAD[@]}" --rate "$RATE" --duration 60 --writes "$WRITE_RATE" --writer-token "$WRITER_TOKEN" \
+	--label "$label" >"$runs/rolling.json" &
+load_pid=$!
+sleep 3
+roll_started=$SECONDS
+export DEPLOYMENT_REVISION=2
+for service in storagesvc booksvc; do
+	docker service update --quiet --detach --env-add DEPLOYMENT_REVISION=2 "${STACK}_$service" >/dev/null
+	deadline=$((SECONDS + 90))
+	while :; do
+		state=$(docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "${STACK}_$service")
+		case $state in
+		completed) break ;;
+		updating | "") ;;
+		*) die "the rolling update of $service ended '$state': $(docker service inspect --format '{{.UpdateStatus.Message}}' "${STACK}_$service")" ;;
+		esac
+		((SECONDS < deadline)) || die "the rolling update of $service was still '$state' after 90 s"
+		sleep 1
+	done
+	step "  $service updated ($((SECONDS - roll_started)) s since the first update began)"
+done
+((SECONDS - roll_started < 55)) || die "the rolling updates outlasted the load"
+wait "$load_pid"
+sent=$(figure "$runs/rolling.json" 'd["reads"]["sent"]')
+errors=$(figure "$runs/rolling.json" 'd["reads"]["errors"]')
+writes=$(figure "$runs/rolling.json" 'd["writes"]["sent"]')
+written=$(figure "$runs/rolling.json" 'd["writes"]["ok"]')
+retried=$(figure "$runs/rolling.json" 'd["writes"]["retried"]')
+"${LOAD[@]}" --list-label "$label" >"$runs/books.json"
+distinct=$(figure "$runs/books.json" 'len(d)')
+twice=$(figure "$runs/books.json" 'sum(1 for c in d.values() if c > 1)')
+step "rolling updates: $sent reads, $errors failed (p99 $(figure "$runs/rolling.json" 'd["reads"]["p99_ms"]') ms); $writes writes, $written acknowledged ($retried resent with their key), $distinct books made, $twice made twice"
+((errors == 0)) || die "reads failed during the rolling updates: $(figure "$runs/rolling.json" 'd["reads"]["error_kinds"]')"
+((written == writes)) || die "writes lost during the rolling updates: $(figure "$runs/rolling.json" 'd["writes"]["lost"]')"
+((distinct == writes && twice == 0)) || die "the writes made $distinct distinct books ($twice twice) for $writes keys"
+wait_healthy 60
+
+# --- 4. one booksvc replica killed --------------------------------------------------------
+mapfile -t booksvcs < <(service_container booksvc)
+((${#booksvcs[@]} == 2)) || die "expected 2 booksvc containers, found ${#booksvcs[@]}"
+step "docker kill booksvc container ${booksvcs[0]:0:12} under $RATE reads/s"
+"${LOAD[@]}" --rate "$RATE" --duration 20 >"$runs/kill.json" &
+load_pid=$!
+sleep 5
+docker kill "${booksvcs[0]}" >/dev/null
+killed_at=$SECONDS
+wait "$load_pid"
+worst=$(figure "$runs/kill.json" 'd["reads"]["worst_second"]')
+seconds=$(figure "$runs/kill.json" 'd["reads"]["seconds_with_errors"]')
+errors=$(figure "$runs/kill.json" 'd["reads"]["errors"]')
+step "booksvc replica killed: $errors failed reads of $(figure "$runs/kill.json" 'd["reads"]["sent"]'); worst second $worst; seconds with failures: $seconds"
+python3 - "$runs/kill.json" <<'EOF' || die "more than 0.5% of a second's reads failed, or failures went on after that second"
+import json, sys
+reads = json.load(open(sys.argv[1]))["reads"]
+worst, seconds = reads["worst_second"], reads["seconds_with_errors"]
+sys.exit(0 if worst["errors"] * 200 <= worst["sent"] and len(seconds) <= 1 else 1)
+EOF
+deadline=$((killed_at + 60))
+until [[ $(docker service ls --filter "name=${STACK}_booksvc" --format '{{.Replicas}}') == 2/2* ]] &&
+	(($(service_container booksvc | wc -l) == 2)); do
+	((SECONDS < deadline)) || die "swarm did not replace the killed booksvc replica within 60 s"
+	sleep 1
+done
+step "swarm replaced the killed replica within $((SECONDS - killed_at)) s"
+wait_healthy 60
+
+# --- 5. a write, then a read through the other replica ------------------------------------
+step "40 renames of one book, each read back at once through the edge"
+"${LOAD[@]}" --write-then-read 40 --writer-token "$WRITER_TOKEN" --label "rw-$(date +%s)" >"$runs/rw.json"
+wrong=$(figure "$runs/rw.json" 'len(d["wrong"])')
+step "write then read: $(figure "$runs/rw.json" 'd["rounds"]') rounds, $wrong showed another title, $(figure "$runs/rw.json" 'd["stale"]') stale"
+((wrong == 0)) || die "a read after a write showed the old book: $(figure "$runs/rw.json" 'd["wrong"]')"
+
+rm -rf "$runs"
+step "all promises held"
