@@ -77,12 +77,19 @@ pub enum ClientError {
     #[error("cannot authenticate to {service}: {error}")]
     Token { service: String, error: TokenError },
 
-    #[error("{method} {url} failed: {}", chain(error))]
+    #[error("{method} {url} failed{}: {}", at(address.as_ref()), chain(error))]
     Transport {
         method: reqwest::Method,
         url: String,
+        /// The address the attempt went to, when the service's name stands for several.
+        address: Option<std::net::SocketAddr>,
         error: reqwest::Error,
     },
+}
+
+/// ` (at 10.0.0.5:8082)`, or nothing.
+fn at(address: Option<&std::net::SocketAddr>) -> String {
+    address.map_or_else(String::new, |address| format!(" (at {address})"))
 }
 
 impl ClientError {

@@ -216,10 +216,8 @@ impl ServiceClient {
                     .map_or_else(|_| path_and_query.to_owned(), |url| url.to_string());
                 return Err(ClientError::Transport {
                     method,
-                    url: match address {
-                        Some(address) => format!("{url} (at {address})"),
-                        None => url,
-                    },
+                    url,
+                    address,
                     error,
                 });
             }
