@@ -226,20 +226,24 @@ def write_then_read(args):
     # Read once, so that every replica may hold a copy of the old book.
     for _ in range(4):
         target.request("GET", f"/books/{book}")
-    wrong, stale = [], 0
+    wrong, stale, ids = [], 0, []
     for n in range(1, args.write_then_read + 1):
         title = f"{args.label}-rw-{n}"
         body = json.dumps({"title": title, "author": "swarm-smoke"}).encode()
-        status, _, answer = target.request("PUT", f"/books/{book}", body=body, headers=auth)
+        # Request ids the replicas log, so that the caller can tell which served which.
+        put_id, get_id = f"{args.label}-put-{n}", f"{args.label}-get-{n}"
+        ids.append([put_id, get_id])
+        headers = {**auth, "x-request-id": put_id}
+        status, _, answer = target.request("PUT", f"/books/{book}", body=body, headers=headers)
         if status != 200:
             raise SystemExit(f"swarm-load: renaming the book answered {status}: {answer!r}")
-        status, headers, answer = target.request("GET", f"/books/{book}")
+        status, headers, answer = target.request("GET", f"/books/{book}", headers={"x-request-id": get_id})
         seen = json.loads(answer).get("title") if status == 200 else f"status {status}"
         if "; hit" in headers.get("cache-status", ""):
             stale += 1
         if seen != title:
             wrong.append({"wrote": title, "read": seen, "cache_status": headers.get("cache-status")})
-    json.dump({"rounds": args.write_then_read, "wrong": wrong, "stale": stale}, sys.stdout)
+    json.dump({"rounds": args.write_then_read, "wrong": wrong, "stale": stale, "ids": ids}, sys.stdout)
     print()
 
 

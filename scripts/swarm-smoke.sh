@@ -275,10 +275,27 @@ wait_healthy 60
 
 # --- 5. a write, then a read through the other replica ------------------------------------
 step "40 renames of one book, each read back at once through the edge"
+since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 "${LOAD[@]}" --write-then-read 40 --writer-token "$WRITER_TOKEN" --label "rw-$(date +%s)" >"$runs/rw.json"
 wrong=$(figure "$runs/rw.json" 'len(d["wrong"])')
-step "write then read: $(figure "$runs/rw.json" 'd["rounds"]') rounds, $wrong showed another title, $(figure "$runs/rw.json" 'd["stale"]') stale"
+# Which replica served each request: each logs the request ids it was sent.
+for booksvc in $(service_container booksvc); do
+	timeout 20 docker logs --since "$since" "$booksvc" 2>&1 |
+		grep -oE '"request_id":"rw-[0-9]+-(put|get)-[0-9]+"' | sed "s/^/$booksvc /" || true
+done >"$runs/served-by.txt"
+crossed=$(python3 - "$runs/rw.json" "$runs/served-by.txt" <<'EOF'
+import json, re, sys
+rounds = json.load(open(sys.argv[1]))["ids"]
+served = {}
+for line in open(sys.argv[2]):
+    container, field = line.split(" ", 1)
+    served[re.search(r'"request_id":"([^"]+)"', field).group(1)] = container
+print(sum(1 for put, get in rounds if put in served and get in served and served[put] != served[get]))
+EOF
+)
+step "write then read: $(figure "$runs/rw.json" 'd["rounds"]') rounds, $crossed read through the other booksvc replica than the write's; $wrong showed another title, $(figure "$runs/rw.json" 'd["stale"]') stale"
 ((wrong == 0)) || die "a read after a write showed the old book: $(figure "$runs/rw.json" 'd["wrong"]')"
+((crossed >= 5)) || die "only $crossed of the reads went through the other replica: the check proves too little"
 
 rm -rf "$runs"
 step "all promises held"
