@@ -22,7 +22,7 @@
 # scripts/offline-images.sh exports them (default: the compose file's names, which must
 # exist locally: a single-node swarm runs local images); the edge image is built here,
 # from deploy/swarm/edge on bookstore/runtime:bookworm when that exists.
-# The edge publishes SWARM_PORT (default 28081) on 127.0.0.1... and every other address.
+# The edge publishes SWARM_PORT (default 28081) on every address of this host.
 
 set -Eeuo pipefail
 
@@ -212,7 +212,6 @@ step "rolling updates of storagesvc then booksvc under $RATE reads/s and $WRITE_
 load_pid=$!
 sleep 3
 roll_started=$SECONDS
-export DEPLOYMENT_REVISION=2
 for service in storagesvc booksvc; do
 	docker service update --quiet --detach --env-add DEPLOYMENT_REVISION=2 "${STACK}_$service" >/dev/null
 	deadline=$((SECONDS + 90))
