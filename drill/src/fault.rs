@@ -23,6 +23,15 @@ pub const STORAGESVC_PORT: u16 = 8082;
 /// and at twice that the load generator itself sent 180 ms late at p99.
 pub const LIMITED_CPUS: f64 = 0.05;
 
+/// The CFS period storagesvc's limited CPU time is handed out in. Docker's `--cpus` uses
+/// 100 ms periods: at 5% of a CPU storagesvc would run for 5 ms, then stand frozen for 95 ms,
+/// and every request arriving in the freeze would wait for the next period whatever the
+/// load. That is a periodic hang, not overload, and a latency-based limiter or timeout reads
+/// it as a sick upstream at any concurrency. In 20 ms periods (1 ms of CPU each, the
+/// smallest quota the kernel takes) the same share freezes it for at most 19 ms, and its
+/// latency grows with the queue, as an overloaded server's does.
+pub const LIMITED_CPU_PERIOD: Duration = Duration::from_millis(20);
+
 /// How long one command of a fault may take (a `docker stop` of PostgreSQL is the slowest).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -111,10 +120,16 @@ impl Fault {
                 for id in containers.ids() {
                     let normal = cpus_of(id).await?;
                     inject.push(words(&["docker", "update", "--cpus", &limited, id]));
+                    inject.push(shorter_cpu_period(&cpu_cgroup_of(id).await?));
+                    // Docker sets its 100 ms period again with the quota it computes.
                     repair.push(words(&["docker", "update", "--cpus", &normal, id]));
                 }
                 (
-                    format!("docker update --cpus {limited} {}", faulted.join(" ")),
+                    format!(
+                        "docker update --cpus {limited} {}, in {} ms CFS periods",
+                        faulted.join(" "),
+                        LIMITED_CPU_PERIOD.as_millis()
+                    ),
                     inject,
                     repair,
                 )
@@ -222,6 +237,56 @@ async fn cpus_of(id: &str) -> anyhow::Result<String> {
     Ok(format_cpus(nano))
 }
 
+/// Where a container's CPU quota is set: its cgroup, found from its main process.
+#[derive(Debug, PartialEq)]
+enum CpuCgroup {
+    /// cgroup v1: the directory under the `cpu` controller's hierarchy.
+    V1(String),
+    /// cgroup v2: the directory under the unified hierarchy.
+    V2(String),
+}
+
+async fn cpu_cgroup_of(id: &str) -> anyhow::Result<CpuCgroup> {
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", id]).await?;
+    let path = format!("/proc/{}/cgroup", pid.trim());
+    let table = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_cpu_cgroup(&table).with_context(|| format!("no cpu cgroup for {id} in {path}"))
+}
+
+/// The `cpu` controller's line of `/proc/PID/cgroup` (`3:cpu,cpuacct:/docker/ID`), or the
+/// unified one (`0::/system.slice/docker-ID.scope`) where there is no v1 `cpu` line.
+fn parse_cpu_cgroup(table: &str) -> Option<CpuCgroup> {
+    let mut unified = None;
+    for line in table.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        if controllers.split(',').any(|controller| controller == "cpu") {
+            return Some(CpuCgroup::V1(path.to_owned()));
+        }
+        if controllers.is_empty() {
+            unified = Some(CpuCgroup::V2(path.to_owned()));
+        }
+    }
+    unified
+}
+
+/// The command that hands the container's [`LIMITED_CPUS`] out in [`LIMITED_CPU_PERIOD`]s.
+/// On v1 the quota is lowered before the period, so the share never rises above the limit
+/// on the way.
+fn shorter_cpu_period(cgroup: &CpuCgroup) -> Command {
+    let period = LIMITED_CPU_PERIOD.as_micros() as f64;
+    let quota = (LIMITED_CPUS * period).round() as u64;
+    let period = period as u64;
+    let script = match cgroup {
+        CpuCgroup::V1(path) => format!(
+            "echo {quota} > /sys/fs/cgroup/cpu{path}/cpu.cfs_quota_us && \
+             echo {period} > /sys/fs/cgroup/cpu{path}/cpu.cfs_period_us"
+        ),
+        CpuCgroup::V2(path) => format!("echo '{quota} {period}' > /sys/fs/cgroup{path}/cpu.max"),
+    };
+    words(&["sh", "-c", &script])
+}
+
 fn format_cpus(nano_cpus: u64) -> String {
     (nano_cpus as f64 / 1e9).to_string()
 }
@@ -266,6 +331,36 @@ mod tests {
         assert_eq!(format_cpus(1_000_000_000), "1");
         assert_eq!(format_cpus(100_000_000), "0.1");
         assert_eq!(format_cpus(0), "0");
+    }
+
+    #[test]
+    fn the_cpu_cgroup_is_the_cpu_controllers_or_else_the_unified_one() {
+        let v1 = "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/\n";
+        assert_eq!(
+            parse_cpu_cgroup(v1),
+            Some(CpuCgroup::V1("/docker/abc".into()))
+        );
+        let v2 = "0::/system.slice/docker-abc.scope\n";
+        assert_eq!(
+            parse_cpu_cgroup(v2),
+            Some(CpuCgroup::V2("/system.slice/docker-abc.scope".into()))
+        );
+        assert_eq!(parse_cpu_cgroup("4:memory:/docker/abc\n"), None);
+    }
+
+    #[test]
+    fn the_limited_share_is_handed_out_in_short_periods() {
+        let v1 = shorter_cpu_period(&CpuCgroup::V1("/docker/abc".into())).join(" ");
+        assert_eq!(
+            v1,
+            "sh -c echo 1000 > /sys/fs/cgroup/cpu/docker/abc/cpu.cfs_quota_us && \
+             echo 20000 > /sys/fs/cgroup/cpu/docker/abc/cpu.cfs_period_us"
+        );
+        let v2 = shorter_cpu_period(&CpuCgroup::V2("/x.scope".into())).join(" ");
+        assert_eq!(
+            v2,
+            "sh -c echo '1000 20000' > /sys/fs/cgroup/x.scope/cpu.max"
+        );
     }
 
     fn fault(armed: bool, marker: &std::path::Path) -> Fault {
