@@ -33,12 +33,13 @@ readonly ROOT_DIR
 LOG_PREFIX=swarm-smoke
 # shellcheck source=scripts/lib.sh
 source "$SCRIPT_DIR/lib.sh"
+# shellcheck source=scripts/swarm-lib.sh
+source "$SCRIPT_DIR/swarm-lib.sh"
 
 readonly STACK=${SWARM_STACK:-bookstore-swarm}
 readonly PORT=${SWARM_PORT:-28081}
 readonly BASE="http://127.0.0.1:$PORT"
 readonly WRITER_TOKEN=bookstore-dev-writer-token
-readonly EDGE_IMAGE_TAG=bookstore/edge:latest
 readonly LOAD=(python3 "$SCRIPT_DIR/swarm-load.py" --url "$BASE")
 # The promises, as figures.
 readonly HEALTHY_WITHIN=120
@@ -81,25 +82,10 @@ for image in "$STORAGESVC_IMAGE" "$BOOKSVC_IMAGE" "$POSTGRES_IMAGE" "$REDIS_IMAG
 done
 
 step "the edge image: $EDGE_IMAGE_TAG from deploy/swarm/edge"
-base=debian:bookworm-slim
-image_exists bookstore/runtime:bookworm && base=bookstore/runtime:bookworm
-DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE=$base" -t "$EDGE_IMAGE_TAG" \
-	"$ROOT_DIR/deploy/swarm/edge" >/dev/null || die "building the edge image failed"
+build_edge_image
 
-MADE_SWARM=false
-swarm_state=$(docker info --format '{{.Swarm.LocalNodeState}}')
-case $swarm_state in
-active) step "this node is already in a swarm: deploying into it" ;;
-inactive)
-	step "docker swarm init (left again at the end)"
-	docker swarm init --advertise-addr 127.0.0.1 >/dev/null
-	MADE_SWARM=true
-	;;
-*) die "this node's swarm state is '$swarm_state'; expected active or inactive" ;;
-esac
-
-stack_containers() { docker ps -q --filter "label=com.docker.stack.namespace=$STACK"; }
-service_container() { docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$1"; }
+step "a swarm to deploy into"
+enter_swarm
 
 teardown() {
 	local rc=$?
@@ -116,19 +102,8 @@ teardown() {
 		log "stack $STACK left deployed (--keep)$($MADE_SWARM && echo '; this script made the swarm: docker swarm leave --force')"
 		exit "$rc"
 	fi
-	docker stack rm "$STACK" >/dev/null 2>&1 || true
-	local deadline=$((SECONDS + 60))
-	while [[ -n $(stack_containers) || -n $(docker network ls -q --filter "label=com.docker.stack.namespace=$STACK") ]]; do
-		((SECONDS < deadline)) || {
-			log "the stack's containers or networks are still there after 60 s"
-			break
-		}
-		sleep 1
-	done
-	docker volume rm "${STACK}_books-data" >/dev/null 2>&1 || true
-	if $MADE_SWARM; then
-		docker swarm leave --force >/dev/null 2>&1 || log "could not leave the swarm this script made"
-	fi
+	remove_stack
+	leave_swarm_if_made
 	exit "$rc"
 }
 trap teardown EXIT
@@ -138,27 +113,7 @@ deploy_started=$SECONDS
 docker stack deploy --resolve-image never -c "$ROOT_DIR/deploy/swarm/stack.yaml" "$STACK" >/dev/null
 
 # Every service at its replica count, every task's container healthy, the edge answering.
-all_healthy() {
-	local replicas
-	replicas=$(docker service ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Replicas}}')
-	[[ -n $replicas ]] || return 1
-	while read -r running; do
-		[[ $running =~ ^([0-9]+)/([0-9]+) ]] && [[ ${BASH_REMATCH[1]} == "${BASH_REMATCH[2]}" ]] || return 1
-	done <<<"$replicas"
-	local ids
-	ids=$(stack_containers)
-	[[ -n $ids ]] || return 1
-	# shellcheck disable=SC2086 # one id per word
-	[[ -z $(docker inspect --format '{{.State.Health.Status}}' $ids | grep -v '^healthy$') ]] || return 1
-	[[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE/books?limit=5") == 200 ]]
-}
-wait_healthy() {
-	local within=$1 deadline=$((SECONDS + $1))
-	until all_healthy; do
-		((SECONDS < deadline)) || die "not every service healthy within $within s: $(docker service ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}} {{.Replicas}}' | paste -sd ' ')"
-		sleep 1
-	done
-}
+wait_healthy() { wait_stack_healthy "$1" "$BASE/books?limit=5"; }
 wait_healthy "$HEALTHY_WITHIN"
 took=$((SECONDS - deploy_started))
 step "deployed: every service healthy after $took s (promise: <= $HEALTHY_WITHIN s)"

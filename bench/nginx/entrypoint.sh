@@ -11,7 +11,15 @@
 # Environment:
 #   STORAGESVC_TOKEN  required: the bearer token storagesvc accepts (one of its
 #                     AUTH_TOKENS); sent by nginx, never stored in the image
-#   STORAGESVC_ADDR   host:port of storagesvc (default storagesvc:8082)
+#   STORAGESVC_ADDR   host:port of storagesvc (default storagesvc:8082); a name with
+#                     several addresses (swarm's tasks.storagesvc) is a server for each
+#   STORAGESVC_NEXT_UPSTREAM
+#                     when a failed attempt moves to the next server (nginx's
+#                     proxy_next_upstream: off, the default, or conditions such as
+#                     "error timeout")
+#   STORAGESVC_SERVER_PARAMS
+#                     parameters of every server line (such as "max_fails=1
+#                     fail_timeout=10s", nginx's passive outlier ejection); default none
 
 set -Eeuo pipefail
 
@@ -40,6 +48,13 @@ check_environment() {
 		die "STORAGESVC_ADDR='$STORAGESVC_ADDR' is not host:port"
 	STORAGESVC_HOST=${BASH_REMATCH[1]}
 	STORAGESVC_PORT=${BASH_REMATCH[2]}
+	# Words only: each value is written into the configuration as it is.
+	STORAGESVC_NEXT_UPSTREAM=${STORAGESVC_NEXT_UPSTREAM:-off}
+	[[ $STORAGESVC_NEXT_UPSTREAM =~ ^[a-z_0-9]+( [a-z_0-9]+)*$ ]] ||
+		die "STORAGESVC_NEXT_UPSTREAM='$STORAGESVC_NEXT_UPSTREAM' is not a list of proxy_next_upstream conditions"
+	STORAGESVC_SERVER_PARAMS=${STORAGESVC_SERVER_PARAMS:-}
+	[[ $STORAGESVC_SERVER_PARAMS =~ ^([a-z_]+=[a-z0-9]+( [a-z_]+=[a-z0-9]+)*)?$ ]] ||
+		die "STORAGESVC_SERVER_PARAMS='$STORAGESVC_SERVER_PARAMS' is not a list of name=value server parameters"
 }
 
 # The IPv4 addresses of storagesvc's host, sorted, one line; empty when the name does not
@@ -54,19 +69,19 @@ resolve() {
 render() {
 	local addresses=$1 address servers=""
 	for address in $addresses; do
-		servers+="        server $address:$STORAGESVC_PORT;"$'\n'
+		servers+="        server $address:$STORAGESVC_PORT${STORAGESVC_SERVER_PARAMS:+ $STORAGESVC_SERVER_PARAMS};"$'\n'
 	done
 	if [[ -z $servers ]]; then
 		# An upstream block needs a server; this one is never tried, so requests fail at
 		# once ("no live upstreams") and get the fallback.
 		servers="        server 127.0.0.1:$STORAGESVC_PORT down;"$'\n'
 	fi
-	export STORAGESVC_SERVERS=${servers%$'\n'} STORAGESVC_TOKEN
+	export STORAGESVC_SERVERS=${servers%$'\n'} STORAGESVC_TOKEN STORAGESVC_NEXT_UPSTREAM
 	# The rendered file holds the token: readable by nginx's user only.
 	umask 077
 	# Only these: nginx's own $variables must stay as they are.
 	# shellcheck disable=SC2016
-	envsubst '${STORAGESVC_SERVERS} ${STORAGESVC_TOKEN}' <"$TEMPLATE" >"$CONFIG.new" &&
+	envsubst '${STORAGESVC_SERVERS} ${STORAGESVC_TOKEN} ${STORAGESVC_NEXT_UPSTREAM}' <"$TEMPLATE" >"$CONFIG.new" &&
 		mv -f "$CONFIG.new" "$CONFIG"
 }
 

@@ -225,6 +225,9 @@ const HEALTHY_STALE_PERCENT: f64 = 0.5;
 const OVERLOAD_P99: Duration = Duration::from_millis(250);
 /// Fresh answers a second during overload, as a share of storagesvc's capacity.
 const OVERLOAD_FRESH_SHARE: f64 = 0.8;
+/// Fresh answers while one storagesvc replica of several is sick, in percent of the
+/// fault phase's requests.
+const ONE_REPLICA_FRESH_PERCENT: f64 = 99.0;
 
 /// The promises of `run`'s scenario, for `target`, in the same order for every target so
 /// that the report can set them side by side. The promises that are booksvc's own (it
@@ -282,6 +285,20 @@ pub fn checks(run: &ScenarioRun, target: &TargetRun, findings: &Findings) -> Vec
                     100.0 * fresh / capacity.max(f64::MIN_POSITIVE)
                 ),
                 capacity > 0.0 && fresh >= OVERLOAD_FRESH_SHARE * capacity,
+            ));
+        }
+        Promises::OneReplicaSick => {
+            let fresh = fault.ok.saturating_sub(fault.stale);
+            let share = fault.percent(fresh);
+            checks.push(Check::judged(
+                "≥ 99% fresh during the fault",
+                format!("{share:.2}% ({fresh} of {})", fault.sent),
+                fault.sent > 0 && share >= ONE_REPLICA_FRESH_PERCENT,
+            ));
+            checks.push(Check::judged(
+                "fault-phase p99 ≤ 100 ms",
+                ms(fault.p99),
+                fault.sent > 0 && fault.p99 <= FAULT_P99,
             ));
         }
         Promises::Healthy => {}
@@ -485,7 +502,7 @@ pub(crate) mod tests {
                     name: "booksvc".into(),
                     service: "booksvc".into(),
                     url: String::new(),
-                    upstream_metrics: String::new(),
+                    upstream_metrics: None,
                     upstream_service: "storagesvc".into(),
                     breaker_metrics: Some(String::new()),
                 },
@@ -799,6 +816,33 @@ pub(crate) mod tests {
         let checks = judged(&run, 0);
         assert!(missed(&checks).is_empty(), "{checks:#?}");
         assert_eq!(checks[2].measured, "3/s, 83% of 4/s");
+    }
+
+    #[test]
+    fn one_sick_replica_is_judged_on_the_fresh_share_and_p99() {
+        let mut run = story();
+        run.scenario = Scenario::StoragesvcReplicaPause;
+        let checks = judged(&run, 0);
+        let promises: Vec<_> = checks.iter().map(|c| c.promise.as_str()).collect();
+        assert_eq!(
+            promises,
+            [
+                "100% 2xx during the fault",
+                "≥ 99% fresh during the fault",
+                "fault-phase p99 ≤ 100 ms",
+                "healthy stale share ≤ 0.5%"
+            ]
+        );
+        // The story's fault phase is all stale.
+        assert_eq!(missed(&checks), ["≥ 99% fresh during the fault"]);
+        assert_eq!(checks[1].measured, "0.00% (0 of 30)");
+
+        for sample in &mut run.targets[0].samples[20..50] {
+            sample.cache_status = None;
+        }
+        let checks = judged(&run, 0);
+        assert!(missed(&checks).is_empty(), "{checks:#?}");
+        assert_eq!(checks[1].measured, "100.00% (30 of 30)");
     }
 
     #[test]

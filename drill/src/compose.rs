@@ -1,4 +1,5 @@
-//! The compose stack under test: its containers are found through the compose CLI, faults
+//! The stack under test: a compose project, whose containers are found through the compose
+//! CLI, or a swarm stack, whose containers are found by the labels swarm gives them. Faults
 //! go in with the Docker CLI, and health is read with the containers' own health checks.
 
 use std::path::PathBuf;
@@ -9,11 +10,14 @@ use tokio::time::Instant;
 
 use crate::process;
 
-/// A compose project: `docker compose` (or the older `docker-compose`) with its files.
+/// A compose project (`docker compose`, or the older `docker-compose`, with its files), or
+/// a swarm stack deployed with `docker stack deploy`.
 pub struct Compose {
     program: Vec<String>,
     project: String,
     files: Vec<PathBuf>,
+    /// A swarm stack rather than a compose project: `project` is the stack's name.
+    swarm: bool,
 }
 
 /// How long a compose or docker command may take. Stopping PostgreSQL is the slowest
@@ -31,10 +35,45 @@ impl Compose {
                     program,
                     project,
                     files,
+                    swarm: false,
                 });
             }
         }
         bail!("neither `docker compose` nor `docker-compose` works here")
+    }
+
+    /// The swarm stack `stack`, found by the labels swarm puts on its containers.
+    pub fn swarm(stack: String) -> Self {
+        Self {
+            program: Vec::new(),
+            project: stack,
+            files: Vec::new(),
+            swarm: true,
+        }
+    }
+
+    /// `compose ps -q [service]`, or the swarm stack's running containers (of `service`).
+    async fn ps(&self, service: Option<&str>) -> anyhow::Result<Vec<String>> {
+        let ids = if self.swarm {
+            let label = match service {
+                Some(service) => format!(
+                    "label=com.docker.swarm.service.name={}_{service}",
+                    self.project
+                ),
+                None => format!("label=com.docker.stack.namespace={}", self.project),
+            };
+            docker(&["ps", "-q", "--filter", &label]).await?
+        } else {
+            let mut args = vec!["ps", "-q"];
+            args.extend(service);
+            self.compose(&args).await?
+        };
+        Ok(ids
+            .lines()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect())
     }
 
     async fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -59,28 +98,31 @@ impl Compose {
         Ok(Containers(ids))
     }
 
-    /// The container running `service`.
+    /// The container running `service`: the first, where it runs as several replicas.
     pub async fn container(&self, service: &str) -> anyhow::Result<String> {
-        let id = self.compose(&["ps", "-q", service]).await?;
-        let id = id.lines().next().unwrap_or_default().trim();
-        if id.is_empty() {
-            bail!(
-                "compose project {} has no container for {service}",
-                self.project
-            );
+        match self.ps(Some(service)).await?.into_iter().next() {
+            Some(id) => Ok(id),
+            None => bail!("{} has no container for {service}", self.describe()),
         }
-        Ok(id.to_owned())
+    }
+
+    /// How many containers run `service`.
+    pub async fn replicas(&self, service: &str) -> anyhow::Result<usize> {
+        Ok(self.ps(Some(service)).await?.len())
     }
 
     /// Every container of the project.
     async fn containers(&self) -> anyhow::Result<Vec<String>> {
-        let ids = self.compose(&["ps", "-q"]).await?;
-        Ok(ids
-            .lines()
-            .map(str::trim)
-            .filter(|id| !id.is_empty())
-            .map(str::to_owned)
-            .collect())
+        self.ps(None).await
+    }
+
+    fn describe(&self) -> String {
+        let kind = if self.swarm {
+            "swarm stack"
+        } else {
+            "compose project"
+        };
+        format!("{kind} {}", self.project)
     }
 
     /// Waits until every container of the project reports healthy, or says which did not.
@@ -89,10 +131,7 @@ impl Compose {
         loop {
             let containers = self.containers().await?;
             if containers.is_empty() {
-                bail!(
-                    "compose project {} has no containers: is the stack up?",
-                    self.project
-                );
+                bail!("{} has no containers: is the stack up?", self.describe());
             }
             let mut args = vec![
                 "inspect",

@@ -53,7 +53,8 @@ in front of the same storagesvc, published ports: the services' admin ports, whe
 struct Cli {
     /// Scenarios to run, in order: database-stop, database-pause, storagesvc-stop,
     /// redis-stop, database-and-redis-stop, storagesvc-partition, storagesvc-slow,
-    /// storagesvc-flaky, overload, or all.
+    /// storagesvc-flaky, overload, or all; and, on the swarm stack (--swarm),
+    /// storagesvc-replica-pause.
     #[arg(required = true, value_name = "SCENARIO", value_parser = parse_scenarios)]
     scenarios: Vec<Vec<Scenario>>,
 
@@ -100,6 +101,12 @@ struct Cli {
     /// The compose project of the stack.
     #[arg(long, default_value = "bookstore-drill")]
     project: String,
+    /// Drill this swarm stack (`docker stack deploy`, `scripts/drill-swarm.sh`) instead of
+    /// the compose project: containers are found by swarm's labels, and the services'
+    /// metrics (booksvc's breaker, the requests reaching storagesvc), which the swarm stack
+    /// does not publish, are not read.
+    #[arg(long, value_name = "STACK")]
+    swarm: Option<String>,
     /// The compose files of the stack.
     #[arg(long = "compose-file", default_values = ["docker-compose.yaml", "bench/docker-compose.drill.yaml"])]
     compose_files: Vec<PathBuf>,
@@ -152,7 +159,11 @@ fn parse_scenarios(name: &str) -> Result<Vec<Scenario>, String> {
     clap::ValueEnum::from_str(name, false)
         .map(|scenario| vec![scenario])
         .map_err(|_| {
-            let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            let names: Vec<_> = Scenario::ALL
+                .iter()
+                .chain(&Scenario::REPLICATED)
+                .map(|s| s.name())
+                .collect();
             format!("unknown scenario; one of: {}, all", names.join(", "))
         })
 }
@@ -229,34 +240,42 @@ async fn drill(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn stack(cli: &Cli) -> anyhow::Result<Stack> {
+    let on_compose = cli.swarm.is_none();
+    let upstream_metrics = on_compose.then(|| cli.storagesvc_metrics.clone());
     let mut targets = vec![Target {
         name: "booksvc".into(),
         service: "booksvc".into(),
         url: cli.booksvc_url.clone(),
-        upstream_metrics: cli.storagesvc_metrics.clone(),
+        upstream_metrics: upstream_metrics.clone(),
         upstream_service: cli.storagesvc_services.first().cloned().unwrap_or_default(),
-        breaker_metrics: Some(cli.booksvc_metrics.clone()),
+        breaker_metrics: on_compose.then(|| cli.booksvc_metrics.clone()),
     }];
     if !cli.no_nginx {
         targets.push(Target {
             name: "nginx".into(),
             service: "nginx".into(),
             url: cli.nginx_url.clone(),
-            upstream_metrics: cli.storagesvc_metrics.clone(),
+            upstream_metrics,
             upstream_service: cli.storagesvc_services.first().cloned().unwrap_or_default(),
             breaker_metrics: None,
         });
     }
-    for file in &cli.compose_files {
-        if !file.exists() {
-            bail!(
-                "compose file {} not found (run the drill from the project root)",
-                file.display()
-            );
+    let compose = match &cli.swarm {
+        Some(stack) => Compose::swarm(stack.clone()),
+        None => {
+            for file in &cli.compose_files {
+                if !file.exists() {
+                    bail!(
+                        "compose file {} not found (run the drill from the project root)",
+                        file.display()
+                    );
+                }
+            }
+            Compose::detect(cli.project.clone(), cli.compose_files.clone()).await?
         }
-    }
+    };
     Ok(Stack {
-        compose: Compose::detect(cli.project.clone(), cli.compose_files.clone()).await?,
+        compose,
         targets,
         database: cli.database_services.clone(),
         redis: cli.redis_services.clone(),
@@ -354,7 +373,12 @@ fn write_report(
     let generated = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let markdown = report::markdown(&report::Inputs {
         generated,
-        command: "scripts/drill-report.sh".into(),
+        command: if cli.swarm.is_some() {
+            "scripts/drill-swarm.sh".into()
+        } else {
+            "scripts/drill-report.sh".into()
+        },
+        on_swarm: cli.swarm.is_some(),
         connections: cli.connections,
         throughput_secs: cli.throughput_duration.as_secs(),
         throughput,

@@ -21,6 +21,8 @@ pub struct Inputs<'a> {
     pub runs: &'a [ScenarioRun],
     /// Where the charts are, relative to the report.
     pub charts_dir: &'a str,
+    /// The runs were on the swarm stack, not the compose project.
+    pub on_swarm: bool,
 }
 
 pub fn markdown(inputs: &Inputs<'_>) -> String {
@@ -42,6 +44,9 @@ fn write_report(out: &mut String, inputs: &Inputs<'_>) -> std::fmt::Result {
     )?;
     writeln!(out)?;
     out.push_str(METHOD);
+    if inputs.on_swarm {
+        out.push_str(ON_SWARM);
+    }
     if let Some(run) = inputs.runs.first() {
         writeln!(
             out,
@@ -391,6 +396,14 @@ const METHOD: &str = "## How it is measured
 - **Requests that reached storagesvc** during the fault are the growth of its `http_server_requests_total` on the book routes (its health and metrics endpoints left out) between the fault's injection and its repair; those it answered 2xx were served before the fault took effect. booksvc's breaker is read from its `/metrics` every 100 ms; a request counts as *breaker open* only when the readings before and after its due time both say open.
 - **Onsets are repeated.** The moment a fault takes effect varies from one `docker stop` to the next by tens of milliseconds (the signal's delivery, the request storagesvc is still finishing), which is the size of the difference being judged. So before each main run of a scenario judged on its first stale answer, the same target goes through short trials of the same fault (1 s healthy, 1.5 s of fault, repaired, then read until fresh again). *First stale answer ≤ 0.2 s* is judged on the worst of all onsets, the main run's included; *≤ nginx's + 20 ms* on the medians. Each scenario's table also shows how long after the last fresh answer the first stale one came: how fast the target turned, whenever the fault took effect.
 - **Every sample** (due time, latency, send lag, status, `Cache-Status`) is written as CSV under `target/drill/` by the same run.
+
+";
+
+const ON_SWARM: &str = "## This run: the swarm stack
+
+- **The stack** is `deploy/swarm/stack.yaml` plus `bench/swarm-drill.yaml` on a single-node Docker Swarm (`scripts/drill-swarm.sh` deploys it and removes it again): storagesvc ×3 and booksvc ×2 behind the HAProxy edge, which the load reads; PostgreSQL and Redis ×1. booksvc balances over storagesvc's replicas itself (the less loaded of two random picks, ejecting an address that fails). The nginx peer has all three storagesvc replicas as the servers of its upstream group (`tasks.storagesvc`, every replica's address), moves a failed or timed-out request to the next server (`proxy_next_upstream error timeout`, at most 2 tries within 500 ms) and takes a failing server out for 10 s (`max_fails=1 fail_timeout=10s`): nginx's own outlier ejection.
+- **The fault** is `docker pause` of one storagesvc container of the three (the first `docker ps` lists).
+- **Not read here**: the swarm stack publishes no admin port, so booksvc's breaker and the requests reaching storagesvc are not read; the promises judged need only the answers.
 
 ";
 

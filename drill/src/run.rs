@@ -26,8 +26,9 @@ pub struct Target {
     pub service: String,
     /// What the load reads.
     pub url: String,
-    /// `/metrics` of the storagesvc instance this target calls.
-    pub upstream_metrics: String,
+    /// `/metrics` of the storagesvc instance this target calls, where it is published
+    /// (not on the swarm stack, whose storagesvc runs as several replicas).
+    pub upstream_metrics: Option<String>,
     /// The compose service of that instance.
     pub upstream_service: String,
     /// `/metrics` with the breaker's state, for a target that has one.
@@ -58,7 +59,8 @@ impl Stack {
         match part {
             Part::Database => &self.database,
             Part::Redis => &self.redis,
-            Part::Storagesvc => &self.storagesvc,
+            // The first container of storagesvc's services is the one replica faulted.
+            Part::Storagesvc | Part::StoragesvcReplica => &self.storagesvc,
         }
     }
 
@@ -133,6 +135,16 @@ const TRIAL_AFTER: Duration = Duration::from_millis(500);
 /// measured with the machine to itself: the other's load (nginx keeps storagesvc busy with
 /// doomed requests throughout a fault) would otherwise show in its latency.
 pub async fn run(stack: &Stack, scenario: Scenario, plan: Plan) -> anyhow::Result<ScenarioRun> {
+    if scenario.needs_replicas() {
+        let service = stack.storagesvc.first().context("no storagesvc service")?;
+        let replicas = stack.compose.replicas(service).await?;
+        anyhow::ensure!(
+            replicas >= 2,
+            "{} needs storagesvc to run as several replicas (the swarm stack: \
+             scripts/drill-swarm.sh); it runs as {replicas}",
+            scenario.name()
+        );
+    }
     let mut plan = plan;
     let mut capacity = None;
     if scenario.distinct_keys() {
@@ -394,17 +406,17 @@ async fn api_requests(
     client: &reqwest::Client,
     target: &Target,
 ) -> anyhow::Result<metrics::ApiRequests> {
+    let url = target
+        .upstream_metrics
+        .as_deref()
+        .context("storagesvc's metrics are not published on this stack")?;
     let mut attempt = 0;
     loop {
         attempt += 1;
         let read = async {
-            let text = metrics::scrape(client, &target.upstream_metrics).await?;
-            metrics::api_requests(&text).with_context(|| {
-                format!(
-                    "{} has no http_server_requests_total",
-                    target.upstream_metrics
-                )
-            })
+            let text = metrics::scrape(client, url).await?;
+            metrics::api_requests(&text)
+                .with_context(|| format!("{url} has no http_server_requests_total"))
         };
         match read.await {
             Ok(requests) => return Ok(requests),

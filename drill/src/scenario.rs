@@ -24,6 +24,9 @@ pub enum Scenario {
     StoragesvcFlaky,
     /// Distinct keys at twice storagesvc's capacity, its CPU limited during the fault.
     Overload,
+    /// `pause` one storagesvc replica of several (the swarm stack, `scripts/drill-swarm.sh`):
+    /// the others are fine.
+    StoragesvcReplicaPause,
 }
 
 /// What is done to the stack during the fault phase.
@@ -50,6 +53,8 @@ pub enum Promises {
     Overload,
     /// storagesvc is fine: all 2xx and a low stale share.
     Healthy,
+    /// One storagesvc replica of several is sick, the rest are fine: all 2xx, fresh, fast.
+    OneReplicaSick,
 }
 
 /// A part of the stack, which may run as several compose services.
@@ -58,6 +63,8 @@ pub enum Part {
     Database,
     Redis,
     Storagesvc,
+    /// One container of storagesvc, where it runs as several.
+    StoragesvcReplica,
 }
 
 impl Scenario {
@@ -73,6 +80,9 @@ impl Scenario {
         Scenario::Overload,
     ];
 
+    /// The scenarios of a stack with several storagesvc replicas (the swarm stack).
+    pub const REPLICATED: [Scenario; 1] = [Scenario::StoragesvcReplicaPause];
+
     pub fn name(self) -> String {
         self.to_possible_value()
             .map(|value| value.get_name().to_owned())
@@ -81,7 +91,7 @@ impl Scenario {
 
     pub fn action(self) -> Action {
         match self {
-            Scenario::DatabasePause => Action::Pause,
+            Scenario::DatabasePause | Scenario::StoragesvcReplicaPause => Action::Pause,
             Scenario::StoragesvcPartition => Action::Partition,
             Scenario::StoragesvcSlow => Action::StoragesvcFault {
                 delay_ms: 2000,
@@ -107,6 +117,7 @@ impl Scenario {
             | Scenario::StoragesvcSlow
             | Scenario::StoragesvcFlaky
             | Scenario::Overload => &[Part::Storagesvc],
+            Scenario::StoragesvcReplicaPause => &[Part::StoragesvcReplica],
             Scenario::RedisStop => &[Part::Redis],
             Scenario::DatabaseAndRedisStop => &[Part::Database, Part::Redis],
         }
@@ -123,7 +134,13 @@ impl Scenario {
             | Scenario::StoragesvcFlaky => Promises::Outage,
             Scenario::Overload => Promises::Overload,
             Scenario::RedisStop | Scenario::DatabaseAndRedisStop => Promises::Healthy,
+            Scenario::StoragesvcReplicaPause => Promises::OneReplicaSick,
         }
+    }
+
+    /// Whether the scenario needs several storagesvc replicas.
+    pub fn needs_replicas(self) -> bool {
+        self.parts().contains(&Part::StoragesvcReplica)
     }
 
     /// Whether the load reads many distinct keys (one page each) rather than one list.
@@ -159,7 +176,10 @@ impl Scenario {
                 "storagesvc answers every other request `503` with `Retry-After: 1` (its fault-injection layer)."
             }
             Scenario::Overload => {
-                "Reads of distinct warm keys (`/books?limit=1&offset=k`) at twice storagesvc's capacity, measured first with the same CPU limit; during the fault storagesvc's CPU is limited (`docker update --cpus`)."
+                "Reads of distinct warm keys (`/books?limit=1&offset=k`) at twice storagesvc's capacity, measured first with the same CPU limit; during the fault storagesvc's CPU is limited (`docker update --cpus`, handed out in 20 ms CFS periods)."
+            }
+            Scenario::StoragesvcReplicaPause => {
+                "On the swarm stack (storagesvc ×3, booksvc ×2 behind the edge), one storagesvc replica is paused (`docker pause`): its connections hang, the other two are fine. nginx has all three replicas as the servers of its upstream group."
             }
         }
     }
@@ -186,7 +206,11 @@ mod tests {
                 "overload"
             ]
         );
-        for scenario in Scenario::ALL {
+        assert_eq!(
+            Scenario::StoragesvcReplicaPause.name(),
+            "storagesvc-replica-pause"
+        );
+        for scenario in Scenario::ALL.into_iter().chain(Scenario::REPLICATED) {
             assert_eq!(Scenario::from_str(&scenario.name(), false), Ok(scenario));
         }
     }
@@ -206,5 +230,15 @@ mod tests {
         for scenario in [Scenario::StoragesvcSlow, Scenario::Overload] {
             assert_eq!(scenario.parts(), [Part::Storagesvc]);
         }
+    }
+
+    #[test]
+    fn the_replica_scenario_pauses_one_replica_and_only_it_needs_replicas() {
+        let scenario = Scenario::StoragesvcReplicaPause;
+        assert_eq!(scenario.action(), Action::Pause);
+        assert_eq!(scenario.parts(), [Part::StoragesvcReplica]);
+        assert_eq!(scenario.promises(), Promises::OneReplicaSick);
+        assert!(scenario.needs_replicas());
+        assert!(!Scenario::ALL.iter().any(|s| s.needs_replicas()));
     }
 }
