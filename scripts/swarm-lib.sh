@@ -6,6 +6,20 @@
 
 readonly EDGE_IMAGE_TAG=bookstore/edge:latest
 
+# The service images the stack runs (STORAGESVC_IMAGE, BOOKSVC_IMAGE, POSTGRES_IMAGE,
+# REDIS_IMAGE as scripts/offline-images.sh exports them; by default the compose file's
+# names), exported for the stack file; each must exist on this node.
+export_stack_images() {
+	export STORAGESVC_IMAGE=${STORAGESVC_IMAGE:-bookstore/storagesvc:latest}
+	export BOOKSVC_IMAGE=${BOOKSVC_IMAGE:-bookstore/booksvc:latest}
+	export POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:15}
+	export REDIS_IMAGE=${REDIS_IMAGE:-redis:7}
+	local image
+	for image in "$STORAGESVC_IMAGE" "$BOOKSVC_IMAGE" "$POSTGRES_IMAGE" "$REDIS_IMAGE"; do
+		image_exists "$image" || die "image $image is missing (scripts/offline-images.sh builds them)"
+	done
+}
+
 # Builds the edge image from deploy/swarm/edge, on the runtime base image where there is
 # one (scripts/offline-images.sh), else on Debian's slim image.
 build_edge_image() {
@@ -83,4 +97,17 @@ wait_stack_healthy() {
 		((SECONDS < deadline)) || die "not every service healthy within $within s: $(docker service ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}} {{.Replicas}}' | paste -sd ' ')"
 		sleep 1
 	done
+}
+
+# end_stack RC: removes the stack and leaves a swarm the script made, unless KEEP is true
+# (then it says how to do that by hand); exits with RC. For the script's EXIT trap.
+end_stack() {
+	local rc=$1
+	if ${KEEP:-false}; then
+		log "stack $STACK left deployed (--keep); remove it with docker stack rm $STACK$($MADE_SWARM && echo ', and docker swarm leave --force: this script made the swarm')"
+	else
+		remove_stack
+		leave_swarm_if_made
+	fi
+	exit "$rc"
 }

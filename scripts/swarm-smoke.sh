@@ -72,14 +72,8 @@ step() { log "[$(printf '%4d' $((SECONDS - started)))s] $*"; }
 
 check_docker
 command -v python3 >/dev/null || die "python3 is needed for the load (scripts/swarm-load.py)"
-export STORAGESVC_IMAGE=${STORAGESVC_IMAGE:-bookstore/storagesvc:latest}
-export BOOKSVC_IMAGE=${BOOKSVC_IMAGE:-bookstore/booksvc:latest}
-export POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:15}
-export REDIS_IMAGE=${REDIS_IMAGE:-redis:7}
+export_stack_images
 export EDGE_IMAGE=$EDGE_IMAGE_TAG EDGE_PORT=$PORT DEPLOYMENT_REVISION=1
-for image in "$STORAGESVC_IMAGE" "$BOOKSVC_IMAGE" "$POSTGRES_IMAGE" "$REDIS_IMAGE"; do
-	image_exists "$image" || die "image $image is missing (scripts/offline-images.sh builds them)"
-done
 
 step "the edge image: $EDGE_IMAGE_TAG from deploy/swarm/edge"
 build_edge_image
@@ -98,13 +92,7 @@ teardown() {
 		done
 		docker service ls --filter "label=com.docker.stack.namespace=$STACK" >&2 || true
 	fi
-	if $KEEP; then
-		log "stack $STACK left deployed (--keep)$($MADE_SWARM && echo '; this script made the swarm: docker swarm leave --force')"
-		exit "$rc"
-	fi
-	remove_stack
-	leave_swarm_if_made
-	exit "$rc"
+	end_stack "$rc"
 }
 trap teardown EXIT
 
