@@ -14,6 +14,10 @@
 #   REDIS_IMAGE     Debian's Redis, listening on all interfaces, no persistence,
 #                   64 MB maxmemory with LRU eviction, a password from
 #                   REDIS_PASSWORD when set
+#   PROMETHEUS_IMAGE
+#                   Debian's Prometheus, for the compose file's `observability`
+#                   profile, laid out like the official `prom/prometheus` image
+#                   (configuration in /etc/prometheus, data in /prometheus)
 #   STORAGESVC_IMAGE, BOOKSVC_IMAGE
 #                   the services, from release binaries built on the host, made
 #                   by the repository's Dockerfile.storagesvc and Dockerfile.booksvc
@@ -51,6 +55,8 @@ readonly RUNTIME_IMAGE="bookstore/runtime:$SUITE"
 readonly POSTGRES_IMAGE="bookstore/postgres:$PG_MAJOR"
 readonly REDIS_MAJOR=7
 readonly REDIS_IMAGE="bookstore/redis:$REDIS_MAJOR"
+readonly PROMETHEUS_MAJOR=2
+readonly PROMETHEUS_IMAGE="bookstore/prometheus:$PROMETHEUS_MAJOR"
 # The names docker-compose.yaml gives the service images.
 readonly STORAGESVC_IMAGE=bookstore/storagesvc:latest
 readonly BOOKSVC_IMAGE=bookstore/booksvc:latest
@@ -75,7 +81,8 @@ mmdebstrap and docker import:
 $(printf '  %-28s %s\n' \
 		"$RUNTIME_IMAGE" "base image of the service images" \
 		"$POSTGRES_IMAGE" "PostgreSQL $PG_MAJOR, configured like the official image" \
-		"$REDIS_IMAGE" "Redis $REDIS_MAJOR")
+		"$REDIS_IMAGE" "Redis $REDIS_MAJOR" \
+		"$PROMETHEUS_IMAGE" "Prometheus $PROMETHEUS_MAJOR (compose profile observability)")
 
 Existing base images are kept. mmdebstrap is installed with apt-get if
 missing. Needs root (or sudo) for that, and access to the Docker engine.
@@ -400,6 +407,32 @@ build_redis_image() {
 	rm -f "$tar"
 }
 
+# Like the official image: the server as its own unprivileged user, the
+# configuration in /etc/prometheus (compose mounts deploy/prometheus there), the
+# database in /prometheus, which a new named volume takes over with its owner.
+# The package's attempt to start its service during the installation is refused
+# by mmdebstrap's policy-rc.d; nothing runs until a container starts.
+build_prometheus_image() {
+	local tar=$WORK_DIR/prometheus.tar
+	local -a opts=(
+		--include=prometheus
+		# The web UI loads moment-timezone's bundled file; the raw time zone
+		# data beside it weighs 210 MB.
+		--dpkgopt='path-exclude=/usr/share/javascript/moment-timezone/data/*'
+		--customize-hook='mkdir -p "$1/prometheus" && chroot "$1" chown prometheus:prometheus /prometheus'
+	)
+	build_rootfs "$tar" "${opts[@]}"
+	import_image "$tar" "$PROMETHEUS_IMAGE" \
+		--change "ENV PATH=$DEFAULT_PATH" \
+		--change 'ENV LANG=C.UTF-8' \
+		--change 'USER prometheus' \
+		--change 'WORKDIR /prometheus' \
+		--change 'ENTRYPOINT ["/usr/bin/prometheus"]' \
+		--change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]' \
+		--change 'EXPOSE 9090'
+	rm -f "$tar"
+}
+
 # BuildKit builds only the stages the requested one needs, which is what lets
 # the service images come from the same Dockerfiles as with a registry: with
 # the build arguments below, their Rust and Debian stages, whose base images no
@@ -554,6 +587,7 @@ main() {
 	ensure_image "$RUNTIME_IMAGE" build_runtime_image
 	ensure_image "$POSTGRES_IMAGE" build_postgres_image
 	ensure_image "$REDIS_IMAGE" build_redis_image
+	ensure_image "$PROMETHEUS_IMAGE" build_prometheus_image
 	if [[ $SERVICE_IMAGES == true ]]; then
 		build_service_images
 	fi
@@ -561,7 +595,8 @@ main() {
 	printf 'export %s=%s\n' \
 		RUNTIME_IMAGE "$RUNTIME_IMAGE" \
 		POSTGRES_IMAGE "$POSTGRES_IMAGE" \
-		REDIS_IMAGE "$REDIS_IMAGE" >&3
+		REDIS_IMAGE "$REDIS_IMAGE" \
+		PROMETHEUS_IMAGE "$PROMETHEUS_IMAGE" >&3
 	if [[ $SERVICE_IMAGES == true ]]; then
 		printf 'export %s=%s\n' \
 			STORAGESVC_IMAGE "$STORAGESVC_IMAGE" \
