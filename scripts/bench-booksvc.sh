@@ -10,6 +10,12 @@
 # plus each service's peak memory. Default load: 64 connections, 30 s per run
 # after a warm-up; `--quick` makes it a 5 s smoke check.
 #
+# `--traces` measures something else: the cost of exporting traces. booksvc's
+# happy path, once with no OTLP endpoint (no trace layer installed) and once
+# with both services exporting every span (OTEL_EXPORTER_OTLP_ENDPOINT) to a
+# local OTLP receiver (a few lines of Python that accept and drop what they
+# are sent); target: throughput with traces at least 90% of without.
+#
 # booksvc lets concurrent identical reads share one upstream call, so with
 # every client asking for the same list it forwards only a small share of the
 # requests and can beat storagesvc's own throughput. `--distinct-keys N`
@@ -41,6 +47,8 @@ readonly ROOT_DIR
 # that a printed "met" always means the same thing.
 readonly TARGET_SHARE_PCT=70
 readonly TARGET_STALE_P99_MS=5
+# --traces: booksvc's throughput with traces exported, as a share of without.
+readonly TARGET_TRACED_SHARE_PCT=90
 
 # Knobs (see --help). The defaults are the conditions the targets are set for.
 DURATION=${DURATION:-}
@@ -64,7 +72,7 @@ readonly DB_USER=bench
 
 usage() {
 	cat <<EOF
-Usage: ${0##*/} [--quick] [--no-build] [--duration D] [--warmup D]
+Usage: ${0##*/} [--quick] [--no-build] [--traces] [--duration D] [--warmup D]
                         [--connections N] [--threads N] [--distinct-keys N]
 
 Benchmarks booksvc's GET /books with wrk, in one run:
@@ -92,6 +100,11 @@ Options:
   --quick            smoke check: 5s runs after 2s warm-ups (unless
                      --duration/--warmup say otherwise)
   --no-build         use the existing release binaries instead of cargo build
+  --traces           instead of the two phases: booksvc's happy path without
+                     traces, then with both services exporting every span to
+                     a local OTLP receiver (target: at least $TARGET_TRACED_SHARE_PCT% of the
+                     throughput without); with --distinct-keys, each answer
+                     is one traced call through storagesvc
   --duration D       each measured run (default 30s; wrk syntax: 30s, 2m, ...)
   --warmup D         load before each measured run, not counted (default 5s)
   --connections N    concurrent connections (default 64)
@@ -135,6 +148,7 @@ source "$SCRIPT_DIR/bench-lib.sh"
 
 BUILD=true
 QUICK=false
+TRACES=false
 parse_args() {
 	while [[ $# -gt 0 ]]; do
 		case $1 in
@@ -144,6 +158,7 @@ parse_args() {
 			;;
 		--quick) QUICK=true ;;
 		--no-build) BUILD=false ;;
+		--traces) TRACES=true ;;
 		--duration | --warmup | --connections | --threads | --distinct-keys)
 			[[ $# -ge 2 ]] || die "$1 needs a value"
 			case $1 in
@@ -194,6 +209,7 @@ PG_NAME=""
 REDIS_NAME=""
 SVC_PID=""
 BOOK_PID=""
+SINK_PID=""
 
 # Called by cleanup on exit.
 stop_started() {
@@ -209,6 +225,8 @@ stop_started() {
 	fi
 	remove_container "$PG_NAME"
 	remove_container "$REDIS_NAME"
+	stop_process "$SINK_PID"
+	SINK_PID=""
 }
 
 # --- containers ---------------------------------------------------------------
@@ -394,7 +412,7 @@ start_storagesvc() {
 		AUTH_TOKENS="$TOKEN" \
 		LOG_FORMAT=json \
 		RUST_LOG="$LOG_LEVEL" \
-		"$SVC_BIN" >"$logfile" 2>&1 </dev/null &
+		env "${OTEL_UNSET[@]}" "${OTEL_SET[@]}" "$SVC_BIN" >"$logfile" 2>&1 </dev/null &
 	SVC_PID=$!
 	# Healthy means the database answers and migrations (with the seed books)
 	# have run.
@@ -413,6 +431,7 @@ start_booksvc() {
 	# credentials from the environment would compete with it.
 	env -u STORAGESVC_API_KEY -u STORAGESVC_BASIC_USER -u STORAGESVC_BASIC_PASSWORD \
 		-u STORAGESVC_OAUTH_TOKEN_URL -u STORAGESVC_OAUTH_CLIENT_ID -u STORAGESVC_OAUTH_CLIENT_SECRET \
+		"${OTEL_UNSET[@]}" \
 		BIND_ADDR=127.0.0.1:0 \
 		ADMIN_BIND_ADDR=127.0.0.1:$BOOK_ADMIN_PORT \
 		STORAGESVC_URL="http://127.0.0.1:$SVC_PORT" \
@@ -420,10 +439,55 @@ start_booksvc() {
 		REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
 		LOG_FORMAT=json \
 		RUST_LOG="$LOG_LEVEL" \
+		"${OTEL_SET[@]}" \
 		"$BOOK_BIN" >"$logfile" 2>&1 </dev/null &
 	BOOK_PID=$!
 	BOOK_PORT=$(wait_service booksvc "$BOOK_PID" "$logfile" "$BOOK_ADMIN_PORT")
 	log "booksvc healthy on 127.0.0.1:$BOOK_PORT (pid $BOOK_PID)"
+}
+
+# The OTLP variables of both services: none (no traces), or the local
+# receiver's endpoint once start_sink has run. The caller's OTEL_* are
+# dropped, so that "without traces" means without.
+OTEL_UNSET=(-u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+	-u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG)
+OTEL_SET=()
+
+# start_sink: an OTLP/HTTP receiver on 127.0.0.1 that answers every export
+# with an empty success and counts what it was sent (in $LOG_DIR/otlp-sink.log).
+SINK_PORT=""
+start_sink() {
+	require_tools python3
+	SINK_PORT=$(pick_free_port)
+	python3 - "$SINK_PORT" "$LOG_DIR/otlp-sink.log" >&2 <<'PY' &
+import http.server, sys
+port, log = int(sys.argv[1]), sys.argv[2]
+exports = received = 0
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        global exports, received
+        size = int(self.headers.get("content-length", 0))
+        self.rfile.read(size)
+        exports += 1
+        received += size
+        with open(log, "w") as out:
+            out.write(f"{exports} {received}\n")
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Sink).serve_forever()
+PY
+	SINK_PID=$!
+	local deadline=$((SECONDS + 10))
+	until [[ -n $(ss -Hltn "sport = :$SINK_PORT") ]]; do
+		pid_alive "$SINK_PID" || die "the OTLP receiver did not start"
+		((SECONDS < deadline)) || die "the OTLP receiver is not listening after 10s"
+		sleep 0.1
+	done
+	log "OTLP receiver on 127.0.0.1:$SINK_PORT (pid $SINK_PID)"
 }
 
 # get URL OUTFILE [curl options...]: the status code of one GET; the body goes
@@ -683,6 +747,50 @@ measure_breaker_open() {
 	STALE_STATE_AFTER=$(breaker_state)
 }
 
+# --traces: the happy path without traces, then with every span exported.
+measure_traces() {
+	measure booksvc "booksvc, no traces" "http://127.0.0.1:$BOOK_PORT/books"
+	log "restarting both services with traces exported"
+	stop_process "$BOOK_PID"
+	stop_process "$SVC_PID"
+	start_sink
+	OTEL_SET=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT")
+	start_storagesvc
+	start_booksvc
+	measure traced "booksvc, traces exported" "http://127.0.0.1:$BOOK_PORT/books"
+}
+
+print_traces_summary() {
+	local share v_share exports=0 bytes=0
+	share=$(awk -v t="${R_RPS[traced]}" -v b="${R_RPS[booksvc]}" 'BEGIN { printf "%.1f", (b > 0 ? 100 * t / b : 0) }')
+	v_share=$(verdict ">=" "$share" "$TARGET_TRACED_SHARE_PCT")
+	[[ -s $LOG_DIR/otlp-sink.log ]] && read -r exports bytes <"$LOG_DIR/otlp-sink.log"
+	echo
+	echo "booksvc benchmark, traces: GET /books, $CONNECTIONS connections, ${DURATION_S}s per run after ${WARMUP_S}s warm-up, $THREADS wrk threads"
+	echo "machine:  $(machine_line)"
+	echo "          load average at the start: $LOAD_BEFORE"
+	echo "logging:  RUST_LOG=$LOG_LEVEL, LOG_FORMAT=json, to files"
+	if ((DISTINCT_KEYS > 0)); then
+		echo "requests: spread over $DISTINCT_KEYS URLs (--distinct-keys): each answer one call to storagesvc"
+	else
+		echo "requests: all GET /books (booksvc shares one upstream call between concurrent ones)"
+	fi
+	echo
+	printf '%-27s %7s %8s %8s %8s %9s %8s %7s\n' run "req/s" "p50 ms" "p99 ms" "max ms" requests "non-2xx" "socket"
+	row booksvc "booksvc, no traces"
+	row traced "booksvc, traces exported"
+	echo
+	printf '%-31s %-10s %s\n' "throughput with traces / without" "$share%" "(target >= $TARGET_TRACED_SHARE_PCT%: $v_share)"
+	echo "OTLP receiver: $exports exports, $bytes bytes of protobuf received"
+	echo
+	echo "CPU, cores used on average during each measured run (machine busy in the second before it):"
+	printf '  %-26s %s (%s%% before)\n' \
+		"booksvc, no traces" "${R_CPU[booksvc]}" "${R_IDLE[booksvc]}" \
+		"booksvc, traces exported" "${R_CPU[traced]}" "${R_IDLE[traced]}"
+	echo
+	print_result "$([[ $v_share == met ]] && echo true || echo false)"
+}
+
 # --- summary ------------------------------------------------------------------
 
 # over ANSWERS OVER_4MS OVER_8MS: how many answers booksvc itself timed as slow.
@@ -787,6 +895,13 @@ main() {
 	check_books
 	write_wrk_script
 
+	if [[ $TRACES == true ]]; then
+		log "traces: happy path without, then with traces exported"
+		measure_traces
+		print_traces_summary | tee "$LOG_DIR/summary.txt"
+		end_run
+		return
+	fi
 	log "phase 1: happy path"
 	measure_happy_path
 	log "phase 2: database stopped, breaker open"

@@ -11,10 +11,15 @@ async fn main() -> anyhow::Result<ExitCode> {
         return Ok(shared::healthcheck::run(Config::DEFAULT_ADMIN_PORT).await);
     }
     let config = Config::parse();
-    shared::telemetry::init(config.common.log_format)?;
+    let telemetry = shared::telemetry::init(
+        config.common.log_format,
+        &config.common.traces,
+        env!("CARGO_PKG_NAME"),
+    )?;
     let storagesvc = ServiceClientConfig::from_env("storagesvc")
         .context("cannot configure the storagesvc client")?;
     let app = Application::build(config, storagesvc).await?;
     app.run_until_stopped().await?;
+    telemetry.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -33,6 +33,7 @@ use resilience::{BreakerState, CallError, StaleAfter};
 use shared::Problem;
 use shared::openapi::{Answers, json_response};
 use shared::problem::{INVALID_PATH, INVALID_QUERY, NOT_FOUND, ProblemType};
+use shared::telemetry::TRACE_ONLY;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -327,6 +328,12 @@ impl ReadPath {
     /// Starts the call for `key` on its own task (entry `id` of the coalescer): it asks
     /// storagesvc, stores a success and removes its coalescer entry when it ends.
     fn start_call(&self, query: &BookQuery, key: &CacheKey, id: EntryId) -> Call {
+        let call_span = tracing::info_span!(
+            target: TRACE_ONLY,
+            "call",
+            otel.name = "call storagesvc",
+            booksvc.cache.key = key.as_str(),
+        );
         let (report_failure, attempt_failed) = watch::channel(false);
         let upstream = self.upstream.clone();
         let store = self.store.clone();
@@ -358,7 +365,15 @@ impl ReadPath {
         };
         // The task carries the read's span (its log lines) and trace context (the
         // `traceparent` and `x-request-id` sent upstream), which a new task does not inherit.
-        let task = task.instrument(tracing::Span::current());
+        // While traces are exported it runs in a span of its own, the child of the read's:
+        // the read's span then ends when the read is answered, not when the call does
+        // (which may be later: retries go on after a stored answer was served).
+        let task_span = if call_span.is_disabled() {
+            tracing::Span::current()
+        } else {
+            call_span
+        };
+        let task = task.instrument(task_span);
         let handle = match shared::trace_context::current() {
             Some(context) => tokio::spawn(shared::trace_context::scope(context, task)),
             None => tokio::spawn(task),
@@ -443,11 +458,21 @@ impl ReadPath {
         why: Why,
         max_age: Option<Duration>,
     ) -> Option<Response> {
-        let (stored, source) = self.store.recall(key).await?;
+        // The fallback decision, for traces: why the read stopped waiting for storagesvc,
+        // and what answered it (`none`: nothing stored, or too old to serve for lateness).
+        let span = tracing::info_span!(
+            target: TRACE_ONLY,
+            "fallback",
+            booksvc.fallback.reason = why.as_str(),
+            booksvc.store.source = "none",
+        );
+        let recalled = self.store.recall(key).instrument(span.clone()).await;
+        let (stored, source) = recalled?;
         let age = stored.age(SystemTime::now());
         if max_age.is_some_and(|max_age| age > max_age) {
             return None;
         }
+        span.record("booksvc.store.source", source.as_str());
         self.count_fallback(source.as_str(), why);
         tracing::info!(
             key = key.as_str(),

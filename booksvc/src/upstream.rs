@@ -26,13 +26,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use resilience::{
-    AttemptObserver, AttemptOutcome, Attempted, CallError, ConcurrencyLimiter, LatencyTracker,
-    Resilience, RetryDecision, parse_retry_after,
+    AttemptObserver, AttemptOutcome, Attempted, BreakerVerdict, CallError, ConcurrencyLimiter,
+    LatencyTracker, Resilience, RetryDecision, parse_retry_after,
 };
 use shared::client::{ClientError, ServiceClient, TokenError};
 use shared::deadline::REQUEST_TIMEOUT_HEADER;
 use shared::metrics::latency_histogram;
+use shared::telemetry::{TRACE_ONLY, traces};
 use std::sync::Arc;
+use tracing::Span;
+use tracing::field::Empty;
 
 /// storagesvc's answer to a write that repeats an `Idempotency-Key`: the response is the
 /// one stored for the first request, not a second write.
@@ -273,7 +276,9 @@ impl Upstream {
                 })
                 .inc();
             latency.observe(took.as_secs_f64());
+            record_outcome(outcome);
         })
+        .with_spans(attempt_span)
         .with_retries(move |after, decision| match decision {
             RetryDecision::Retry { .. } => {
                 retries
@@ -376,6 +381,7 @@ impl Upstream {
         tally: &DeliveryTally,
     ) -> Attempted<AttemptValue> {
         tally.started.fetch_add(1, Ordering::Relaxed);
+        self.record_request(request);
         let mut headers = request.headers.clone();
         headers.insert(
             REQUEST_TIMEOUT_HEADER,
@@ -393,6 +399,9 @@ impl Upstream {
         match sent {
             Ok(response) => {
                 let status = response.status();
+                if traces::exporting() {
+                    Span::current().record("http.response.status_code", status.as_u16());
+                }
                 let retry_after = parse_retry_after(response.headers(), SystemTime::now());
                 let mut headers = HeaderMap::new();
                 for name in PASSED_ON {
@@ -458,6 +467,60 @@ impl Upstream {
                 }
             }
         }
+    }
+}
+
+impl Upstream {
+    /// Names the attempt's span after the request and records where it goes (the
+    /// OpenTelemetry HTTP client attributes), while traces are exported.
+    fn record_request(&self, request: &UpstreamRequest) {
+        if !traces::exporting() {
+            return;
+        }
+        let span = Span::current();
+        let method = request.method.as_str();
+        span.record("otel.name", method);
+        span.record("http.request.method", method);
+        if let Ok(url) = self.client.url(&request.path_and_query) {
+            span.record("url.full", url.as_str());
+            span.record("server.address", url.host_str());
+            span.record("server.port", url.port_or_known_default());
+        }
+    }
+}
+
+/// The span of one attempt to storagesvc (an HTTP client span; made for traces only), number
+/// `retry` of its call. [`Upstream::attempt`] records the request, [`record_outcome`] how it
+/// ended.
+fn attempt_span(retry: usize) -> Span {
+    tracing::info_span!(
+        target: TRACE_ONLY,
+        "attempt",
+        otel.name = Empty,
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = Empty,
+        url.full = Empty,
+        server.address = Empty,
+        server.port = Empty,
+        http.response.status_code = Empty,
+        error.type = Empty,
+        booksvc.attempt.retry = retry,
+        booksvc.attempt.outcome = Empty,
+    )
+}
+
+/// Records an attempt's outcome class on its span (the observer runs inside it): a failure
+/// for the breaker is an error, named by its class.
+fn record_outcome(outcome: AttemptOutcome) {
+    if !traces::exporting() {
+        return;
+    }
+    let span = Span::current();
+    span.record("booksvc.attempt.outcome", outcome.class());
+    if outcome.breaker_verdict() == BreakerVerdict::Failure {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", outcome.class());
     }
 }
 

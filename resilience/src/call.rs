@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
 use crate::breaker::{BreakerOpen, BreakerPermit, BreakerState, CircuitBreaker};
 use crate::budget::RetryBudget;
@@ -139,13 +140,15 @@ pub enum RetryDecision {
 
 type OnAttempt = dyn Fn(AttemptOutcome, Duration) + Send + Sync;
 type OnRetry = dyn Fn(AttemptOutcome, RetryDecision) + Send + Sync;
+type MakeSpan = dyn Fn(usize) -> Span + Send + Sync;
 
 /// Told of every attempt's outcome and duration, timed-out ones included, and of every
-/// retry decision (for metrics and logs).
+/// retry decision (for metrics and logs); and, for traces, what span each attempt runs in.
 #[derive(Clone, Default)]
 pub struct AttemptObserver {
     on_attempt: Option<Arc<OnAttempt>>,
     on_retry: Option<Arc<OnRetry>>,
+    span: Option<Arc<MakeSpan>>,
 }
 
 impl AttemptObserver {
@@ -153,7 +156,23 @@ impl AttemptObserver {
         Self {
             on_attempt: Some(Arc::new(on_attempt)),
             on_retry: None,
+            span: None,
         }
+    }
+
+    /// Runs each attempt in the span `make_span(retry)` returns (`retry`: 0 for the first
+    /// attempt, 1 for the first retry, ...). The attempt's outcome is only known here, once
+    /// it ended or its timeout cut it off, so `on_attempt` is called inside that span: it
+    /// can record the outcome on `Span::current()`.
+    pub fn with_spans(mut self, make_span: impl Fn(usize) -> Span + Send + Sync + 'static) -> Self {
+        self.span = Some(Arc::new(make_span));
+        self
+    }
+
+    fn span(&self, retry: usize) -> Span {
+        self.span
+            .as_ref()
+            .map_or_else(Span::none, |make_span| make_span(retry))
     }
 
     /// Also tells `on_retry` what followed each failed, retryable attempt.
@@ -183,6 +202,7 @@ impl std::fmt::Debug for AttemptObserver {
         f.debug_struct("AttemptObserver")
             .field("on_attempt", &self.on_attempt.is_some())
             .field("on_retry", &self.on_retry.is_some())
+            .field("span", &self.span.is_some())
             .finish()
     }
 }
@@ -329,7 +349,7 @@ impl Resilience {
                     });
                 }
             };
-            let failure = match self.attempt_once(permit, deadline, &attempt).await {
+            let failure = match self.attempt_once(permit, deadline, retries, &attempt).await {
                 Ok(value) => return Ok(value),
                 Err(failure) => failure,
             };
@@ -403,31 +423,34 @@ impl Resilience {
         }
     }
 
+    /// One attempt, number `retry` of the call (0 for the first), in its own span.
     async fn attempt_once<T, F, Fut>(
         &self,
         permit: BreakerPermit,
         deadline: Instant,
+        retry: usize,
         attempt: &F,
     ) -> Result<T, Failure<T>>
     where
         F: Fn(Duration) -> Fut,
         Fut: Future<Output = Attempted<T>>,
     {
+        let span = self.observer.span(retry);
         let started = Instant::now();
         let timeout = self
             .attempt_timeout(permit.is_probe())
             .min(deadline.saturating_duration_since(started));
-        let (outcome, retry_after, value) =
-            match tokio::time::timeout(timeout, attempt(timeout)).await {
-                Ok(attempted) => (
-                    attempted.outcome,
-                    attempted.retry_after,
-                    Some(attempted.value),
-                ),
-                Err(_) => (AttemptOutcome::TimedOut, None, None),
-            };
+        let attempted = tokio::time::timeout(timeout, attempt(timeout)).instrument(span.clone());
+        let (outcome, retry_after, value) = match attempted.await {
+            Ok(attempted) => (
+                attempted.outcome,
+                attempted.retry_after,
+                Some(attempted.value),
+            ),
+            Err(_) => (AttemptOutcome::TimedOut, None, None),
+        };
         let took = started.elapsed();
-        self.observer.attempt(outcome, took);
+        span.in_scope(|| self.observer.attempt(outcome, took));
         if matches!(
             outcome,
             AttemptOutcome::Success | AttemptOutcome::Rejected | AttemptOutcome::TimedOut
@@ -533,6 +556,37 @@ mod tests {
         assert!(
             second_wait >= ms(100) && second_wait <= ms(200),
             "second retry after {second_wait:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_attempt_runs_in_a_span_made_with_its_retry_number_timed_out_ones_included() {
+        let made = Arc::new(Mutex::new(Vec::new()));
+        let mut resilience = resilience();
+        let spans = Arc::clone(&made);
+        let outcomes = Arc::clone(&made);
+        resilience.observer = AttemptObserver::new(move |outcome, _| {
+            outcomes
+                .lock()
+                .unwrap()
+                .push(format!("ended {}", outcome.class()));
+        })
+        .with_spans(move |retry| {
+            spans.lock().unwrap().push(format!("span {retry}"));
+            Span::none()
+        });
+        let upstream = Upstream::new(&[(0, ServerError), (10_000, Success), (0, Success)]);
+        assert_eq!(run(&resilience, &upstream).await.unwrap(), "success");
+        assert_eq!(
+            *made.lock().unwrap(),
+            [
+                "span 0",
+                "ended server_error",
+                "span 1",
+                "ended timeout",
+                "span 2",
+                "ended success"
+            ]
         );
     }
 

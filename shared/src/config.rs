@@ -88,6 +88,10 @@ pub struct CommonArgs {
     /// 413 before the body is read.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
     pub max_body_bytes: u32,
+
+    /// Traces over OTLP (the standard OpenTelemetry variables).
+    #[command(flatten)]
+    pub traces: crate::telemetry::TracesArgs,
 }
 
 impl CommonArgs {

@@ -29,13 +29,13 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::Problem;
 use crate::metrics::{HttpMetrics, track_http};
 use crate::problem;
-use crate::telemetry::request_span;
+use crate::telemetry::{record_response, request_span};
 
 /// Largest request body either service reads by default; larger ones get `413`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -127,7 +127,7 @@ pub fn with_common_layers(
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO))
+                        .on_response(LogAndRecordResponse)
                         // The access line above already has the status; a 503 during an
                         // outage is expected behaviour, explained by the service's own
                         // warning, not an error line per request.
@@ -168,6 +168,25 @@ pub fn with_common_layers(
                 // it is read; the extractors answer that with a 413 problem.
                 .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
         )
+}
+
+/// The access line of a response (tower-http's, at `INFO`), and its status recorded on the
+/// request span for the traces.
+#[derive(Debug, Clone, Copy)]
+struct LogAndRecordResponse;
+
+impl<B> OnResponse<B> for LogAndRecordResponse {
+    fn on_response(
+        self,
+        response: &axum::http::Response<B>,
+        latency: Duration,
+        span: &tracing::Span,
+    ) {
+        record_response(response.status(), span);
+        DefaultOnResponse::new()
+            .level(Level::INFO)
+            .on_response(response, latency, span);
+    }
 }
 
 /// Bounds a request from its headers to its answer. The answer is `504`, not `503`: by

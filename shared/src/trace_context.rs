@@ -245,6 +245,8 @@ fn parse_hex<const N: usize>(hex: &[u8], field: &'static str) -> Result<[u8; N],
 #[derive(Debug, Clone)]
 pub struct TraceContext {
     traceparent: TraceParent,
+    /// Whether `traceparent` came from the caller (else this service started the trace).
+    incoming: bool,
     tracestate: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
 }
@@ -263,6 +265,7 @@ impl TraceContext {
         match incoming {
             Some(Ok(traceparent)) => Self {
                 traceparent,
+                incoming: true,
                 tracestate: headers.get(TRACESTATE).cloned(),
                 request_id,
             },
@@ -285,6 +288,7 @@ impl TraceContext {
     pub fn new_root(request_id: Option<HeaderValue>) -> Self {
         Self {
             traceparent: TraceParent::new_root(),
+            incoming: false,
             tracestate: None,
             request_id,
         }
@@ -297,6 +301,12 @@ impl TraceContext {
     /// The `traceparent` this request arrived with (or the root it started).
     pub fn traceparent(&self) -> TraceParent {
         self.traceparent
+    }
+
+    /// The caller's `traceparent`, when the request came with a valid one: the span this
+    /// request's span is a child of.
+    pub fn incoming(&self) -> Option<TraceParent> {
+        self.incoming.then_some(self.traceparent)
     }
 
     /// The `traceparent` for one outgoing call: same trace, a new span id.
@@ -321,6 +331,11 @@ tokio::task_local! {
 /// The context of the request being handled by this task, if any.
 pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(TraceContext::clone).ok()
+}
+
+/// The trace id of the request being handled by this task, if any.
+pub fn current_trace_id() -> Option<TraceId> {
+    CURRENT.try_with(TraceContext::trace_id).ok()
 }
 
 /// Runs `future` with `context` as the current context: calls it makes continue that trace.
@@ -470,6 +485,7 @@ mod tests {
         );
         assert_eq!(context.tracestate().unwrap(), "vendor=abc");
         assert_eq!(context.request_id().unwrap(), "req-1");
+        assert_eq!(context.incoming(), Some(TraceParent::parse(VALID).unwrap()));
     }
 
     #[test]
@@ -484,6 +500,7 @@ mod tests {
         assert_ne!(context.trace_id().to_bytes(), [0; 16]);
         assert!(context.tracestate().is_none());
         assert!(context.request_id().is_none());
+        assert_eq!(context.incoming(), None, "a trace this service started");
     }
 
     #[tokio::test]
@@ -491,8 +508,12 @@ mod tests {
         assert!(current().is_none());
         let context = TraceContext::new_root(None);
         let trace_id = context.trace_id();
-        let seen = scope(context, async { current().map(|c| c.trace_id()) }).await;
-        assert_eq!(seen, Some(trace_id));
+        let seen = scope(context, async {
+            (current().map(|c| c.trace_id()), current_trace_id())
+        })
+        .await;
+        assert_eq!(seen, (Some(trace_id), Some(trace_id)));
         assert!(current().is_none());
+        assert!(current_trace_id().is_none());
     }
 }

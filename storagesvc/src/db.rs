@@ -54,6 +54,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use shared::deadline;
+use shared::telemetry::TRACE_ONLY;
 use sqlx::Connection as _;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{
@@ -62,6 +63,8 @@ use sqlx::postgres::{
 use sqlx::types::Json;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::domain::{Book, IdempotencyKey, NewBook, Page};
 use crate::reachability::Reachability;
@@ -111,6 +114,62 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 /// How the watcher's own connection is named in `pg_stat_activity`, apart from the pool's.
 const WATCHER_APPLICATION_NAME: &str = "storagesvc-watcher";
 
+/// What a query does, for its span (an OpenTelemetry database client span, made for traces
+/// only: the acquire bound, the statements and, for a write, the commit).
+#[derive(Debug, Clone, Copy)]
+struct Statement {
+    /// `db.operation.name`.
+    operation: &'static str,
+    /// `db.collection.name`: the table, if one.
+    table: Option<&'static str>,
+    /// The span's name: the operation and the table.
+    name: &'static str,
+}
+
+impl Statement {
+    const SELECT: Self = Self::on("SELECT", "books", "SELECT books");
+    const INSERT: Self = Self::on("INSERT", "books", "INSERT books");
+    const UPDATE: Self = Self::on("UPDATE", "books", "UPDATE books");
+    const DELETE: Self = Self::on("DELETE", "books", "DELETE books");
+    /// The watcher's check that a pooled connection serves.
+    const PING: Self = Self {
+        operation: "SELECT",
+        table: None,
+        name: "SELECT",
+    };
+    const PURGE_KEYS: Self = Self::on("DELETE", "idempotency_keys", "DELETE idempotency_keys");
+
+    const fn on(operation: &'static str, table: &'static str, name: &'static str) -> Self {
+        Self {
+            operation,
+            table: Some(table),
+            name,
+        }
+    }
+
+    fn span(self) -> Span {
+        tracing::info_span!(
+            target: TRACE_ONLY,
+            "query",
+            otel.name = self.name,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            db.system.name = "postgresql",
+            db.operation.name = self.operation,
+            db.collection.name = self.table,
+            error.type = Empty,
+        )
+    }
+}
+
+/// Marks a query's span as failed, naming the kind of failure.
+fn record_error<T>(span: &Span, result: &Result<T, DbError>) {
+    if let Err(err) = result {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", err.kind());
+    }
+}
+
 /// Why a database operation failed, as far as a caller needs to know.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -127,6 +186,18 @@ pub enum DbError {
     /// Anything else: a bug or a broken database, not a passing outage.
     #[error("database error: {0}")]
     Other(String),
+}
+
+impl DbError {
+    /// A short, stable name of the failure (a span's `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DbError::Unavailable(_) => "unavailable",
+            DbError::SchemaNotReady => "schema_not_ready",
+            DbError::OutcomeUnknown(_) => "outcome_unknown",
+            DbError::Other(_) => "other",
+        }
+    }
 }
 
 impl From<sqlx::Error> for DbError {
@@ -286,9 +357,15 @@ impl Database {
     /// [`Database::with_transaction`].
     async fn with_connection<T>(
         &self,
+        statement: Statement,
         operation: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, DbError> {
-        let result = self.run_on_connection(operation).await;
+        let span = statement.span();
+        let result = self
+            .run_on_connection(operation)
+            .instrument(span.clone())
+            .await;
+        record_error(&span, &result);
         self.learn_from(result)
     }
 
@@ -315,9 +392,12 @@ impl Database {
     /// back whatever was not committed.
     async fn with_transaction<T>(
         &self,
+        statement: Statement,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, DbError> {
-        let result = self.run_in_transaction(work).await;
+        let span = statement.span();
+        let result = self.run_in_transaction(work).instrument(span.clone()).await;
+        record_error(&span, &result);
         self.learn_from(result)
     }
 
@@ -394,7 +474,7 @@ impl Database {
 
     pub async fn list_books(&self, page: Page) -> Result<Vec<Book>, DbError> {
         let rows = self
-            .with_connection(async |connection| {
+            .with_connection(Statement::SELECT, async |connection| {
                 sqlx::query_as::<_, BookRow>(
                     r#"SELECT id, title, author, "desc" FROM books ORDER BY id LIMIT $1 OFFSET $2"#,
                 )
@@ -409,7 +489,7 @@ impl Database {
 
     pub async fn get_book(&self, id: i64) -> Result<Option<Book>, DbError> {
         let row = self
-            .with_connection(async |connection| {
+            .with_connection(Statement::SELECT, async |connection| {
                 sqlx::query_as::<_, BookRow>(
                     r#"SELECT id, title, author, "desc" FROM books WHERE id = $1"#,
                 )
@@ -423,7 +503,7 @@ impl Database {
 
     pub async fn update_book(&self, id: i64, book: &NewBook) -> Result<Option<Book>, DbError> {
         let row = self
-            .with_transaction(async |connection| {
+            .with_transaction(Statement::UPDATE, async |connection| {
                 sqlx::query_as::<_, BookRow>(
                     r#"UPDATE books SET title = $2, author = $3, "desc" = $4 WHERE id = $1
                    RETURNING id, title, author, "desc""#,
@@ -442,7 +522,7 @@ impl Database {
     /// `true` when a book was deleted, `false` when there was none with that id.
     pub async fn delete_book(&self, id: i64) -> Result<bool, DbError> {
         let result = self
-            .with_transaction(async |connection| {
+            .with_transaction(Statement::DELETE, async |connection| {
                 sqlx::query("DELETE FROM books WHERE id = $1")
                     .bind(id)
                     .execute(connection)
@@ -460,7 +540,7 @@ impl Database {
         book: &NewBook,
         key: Option<&IdempotencyKey>,
     ) -> Result<CreateOutcome, DbError> {
-        self.with_transaction(async |connection| {
+        self.with_transaction(Statement::INSERT, async |connection| {
             if let Some(key) = key {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                     .bind(key.as_str())
@@ -564,7 +644,7 @@ impl Database {
         self.ping_own(own_connection).await?;
         self.migrate_if_needed().await?;
         if !self.reachability.is_up() {
-            self.with_connection(async |connection| {
+            self.with_connection(Statement::PING, async |connection| {
                 sqlx::query("SELECT 1").execute(connection).await
             })
             .await?;
@@ -715,7 +795,7 @@ impl Database {
             .execute(connection)
             .await
         };
-        match self.with_connection(purge).await {
+        match self.with_connection(Statement::PURGE_KEYS, purge).await {
             Ok(done) if done.rows_affected() > 0 => {
                 tracing::info!(
                     purged = done.rows_affected(),

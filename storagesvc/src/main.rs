@@ -12,8 +12,13 @@ async fn main() -> anyhow::Result<ExitCode> {
         return Ok(hash_password::run());
     }
     let config = Config::parse();
-    shared::telemetry::init(config.common.log_format)?;
+    let telemetry = shared::telemetry::init(
+        config.common.log_format,
+        &config.common.traces,
+        env!("CARGO_PKG_NAME"),
+    )?;
     let app = Application::build(config).await?;
     app.run_until_stopped().await?;
+    telemetry.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

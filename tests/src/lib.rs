@@ -7,6 +7,7 @@ pub mod booksvc;
 pub mod containers;
 pub mod counting_proxy;
 pub mod logs;
+pub mod otlp;
 pub mod partition;
 pub mod poll;
 pub mod process;
@@ -24,7 +25,11 @@ pub fn init_test_logging() {
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
             // Another subscriber may already be installed; then that one is used.
-            let _ = shared::telemetry::init(shared::config::LogFormat::Pretty);
+            let _ = shared::telemetry::init(
+                shared::config::LogFormat::Pretty,
+                &shared::telemetry::TracesArgs::default(),
+                "system-tests",
+            );
         }
     });
 }

@@ -8,9 +8,11 @@
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// What is captured: the services at `debug`, so the lines a request span holds include
 /// the request's start and the upstream connection, plus everything else at `info`.
@@ -27,15 +29,31 @@ impl CapturedLogs {
         CAPTURED
             .get_or_init(|| {
                 let captured = CapturedLogs::default();
-                let writer = captured.clone();
                 tracing_subscriber::registry()
-                    .with(EnvFilter::new(FILTER))
-                    .with(shared::telemetry::json_layer(move || writer.clone()))
+                    .with(Self::filter())
+                    .with(captured.layer())
                     .try_init()
                     .expect("no other subscriber is installed in this test binary");
                 captured
             })
             .clone()
+    }
+
+    /// The filter of the whole subscriber (as `RUST_LOG` is the services').
+    pub fn filter() -> EnvFilter {
+        EnvFilter::new(FILTER)
+    }
+
+    /// The capturing log layer, which skips the spans made only for traces as the
+    /// services' log layer does: for a test that installs it, under [`Self::filter`], along
+    /// with another layer (the export of traces).
+    pub fn layer<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let writer = self.clone();
+        shared::telemetry::json_layer(move || writer.clone())
+            .with_filter(filter_fn(shared::telemetry::traces::is_logged))
     }
 
     /// The lines captured so far, each parsed as the JSON object it is.

@@ -36,8 +36,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use shared::telemetry::TRACE_ONLY;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use generation::{Generation, random_generation};
 pub use key::CacheKey;
@@ -317,6 +319,20 @@ impl LastGoodStore {
     /// The last good answer for `key`, from memory or else from Redis, or `None`; only
     /// one of the current invalidation generation.
     pub async fn recall(&self, key: &CacheKey) -> Option<(Arc<StoredResponse>, Source)> {
+        // The store read, for traces: where the answer was found (`none`: nowhere usable).
+        let span = tracing::info_span!(
+            target: TRACE_ONLY,
+            "store read",
+            booksvc.store.source = "none",
+        );
+        let recalled = self.recall_untraced(key).instrument(span.clone()).await;
+        if let Some((_, source)) = &recalled {
+            span.record("booksvc.store.source", source.as_str());
+        }
+        recalled
+    }
+
+    async fn recall_untraced(&self, key: &CacheKey) -> Option<(Arc<StoredResponse>, Source)> {
         let seen = self.generation.current();
         if let Some(stored) = self.memory.get(key).await {
             if stored.generation == seen {

@@ -40,7 +40,9 @@ pub use error::{ClientError, ConfigError, TokenError};
 pub use oauth::{ClientAuth, OAuthConfig};
 pub use secret::Secret;
 
-use crate::trace_context::{self, TRACEPARENT, TRACESTATE, TraceParent, X_REQUEST_ID};
+use crate::trace_context::{
+    self, TRACEPARENT, TRACESTATE, TraceContext, TraceParent, X_REQUEST_ID,
+};
 use auth::Authenticator;
 use endpoints::Endpoints;
 use oauth::AccessToken;
@@ -55,6 +57,25 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
     #[allow(clippy::disallowed_methods)]
     reqwest::Client::builder()
+}
+
+/// A blocking `reqwest` client with a `timeout` (for the traces' exporter, which sends from
+/// a thread of its own), after installing the crypto provider as [`http_client_builder`]
+/// does. It is built on a thread of its own: building (and dropping) one inside the async
+/// runtime would panic.
+pub fn blocking_http_client(timeout: Duration) -> anyhow::Result<reqwest::blocking::Client> {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    let build = move || {
+        #[allow(clippy::disallowed_methods)]
+        reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+    };
+    let built = std::thread::spawn(build)
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the blocking HTTP client panicked"))?;
+    Ok(built?)
 }
 
 /// A client for one service. Cheap to clone: clones share connections and the token cache.
@@ -246,11 +267,13 @@ impl ServiceClient {
             headers.remove(owned);
         }
         let context = trace_context::current();
-        let traceparent = context
-            .as_ref()
-            .map_or_else(TraceParent::new_root, |context| {
-                context.outgoing_traceparent()
-            });
+        // While traces are exported, the span this call is made in (an attempt) is the
+        // parent the service is told of; otherwise a new span id in the same trace.
+        let traceparent = crate::telemetry::traces::current_traceparent().unwrap_or_else(|| {
+            context
+                .as_ref()
+                .map_or_else(TraceParent::new_root, TraceContext::outgoing_traceparent)
+        });
         headers.insert(TRACEPARENT, traceparent.to_header_value());
         if let Some(context) = &context {
             if let Some(tracestate) = context.tracestate() {
