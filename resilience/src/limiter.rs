@@ -24,6 +24,9 @@ pub struct LimiterConfig {
     /// The limit at start.
     pub initial: usize,
     /// It never falls below this: enough for a healthy upstream's usual concurrency.
+    /// The limit grows only while at least half of it is in use, so at a low, steady
+    /// concurrency an occasional slow call ratchets it down unopposed: the floor must cover
+    /// the bursts of such a load (a minimum of 2 shed reads of a healthy swarm stack).
     pub min: usize,
     /// Nor rises above this.
     pub max: usize,
