@@ -129,26 +129,17 @@ impl Trace {
     /// exporter before each look).
     async fn wait_for(stack: &Stack, trace_id: &str, complete: impl Fn(&Trace) -> bool) -> Trace {
         let exporting = exporting();
-        let started = std::time::Instant::now();
-        loop {
+        let what = format!("every span of trace {trace_id} at the receiver");
+        eventually(ARRIVAL, &what, || async {
             exporting.traces.flush().await;
             let trace = Trace {
                 spans: exporting.receiver.trace(trace_id),
                 booksvc_port: stack.booksvc.address.port().to_string(),
                 storagesvc_port: stack.storagesvc.address.port().to_string(),
             };
-            if complete(&trace) {
-                return trace;
-            }
-            if started.elapsed() > ARRIVAL {
-                panic!(
-                    "after {ARRIVAL:?}, the spans of trace {trace_id} are incomplete: {:#?}\n({} spans received in all)",
-                    trace.spans,
-                    exporting.receiver.all().len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            complete(&trace).then_some(trace)
+        })
+        .await
     }
 
     /// The request span of the service listening on `port`.
