@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use resilience::StaleAfter;
+use resilience::{AUTO_HEDGE_DELAY, DerivedBound, StaleAfter};
 use shared::config::{CommonArgs, parse_duration, parse_positive_duration};
 
 /// Default of `CACHE_MAX_BODY_BYTES`. A page of 1000 books of ordinary length (a few hundred
@@ -58,6 +58,12 @@ pub struct Config {
     /// fails).
     #[arg(long, env = "STALE_AFTER", default_value = "auto", value_parser = parse_stale_after)]
     pub stale_after: StaleAfter,
+
+    /// When a read's attempt that has not answered gets a twin, sent to another address of
+    /// storagesvc (only while more than one is in rotation) and paid from the retry budget:
+    /// `auto` (the recent p99 latency, within 10-40 ms), a duration, or `off`.
+    #[arg(long, env = "HEDGE_AFTER", default_value = "auto", value_parser = parse_hedge_after)]
+    pub hedge_after: HedgeAfter,
 
     /// Oldest stored answer served because the fresh one is late (a failure serves any
     /// stored answer, up to CACHE_TTL).
@@ -158,6 +164,26 @@ fn parse_stale_after(value: &str) -> Result<StaleAfter, String> {
     }
 }
 
+/// `HEDGE_AFTER`: how long a read's attempt runs alone; `None`: never hedged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HedgeAfter(pub Option<DerivedBound>);
+
+fn parse_hedge_after(value: &str) -> Result<HedgeAfter, String> {
+    match value.trim() {
+        "auto" => Ok(HedgeAfter(Some(AUTO_HEDGE_DELAY))),
+        "off" => Ok(HedgeAfter(None)),
+        duration => parse_positive_duration(duration)
+            .map(|fixed| {
+                HedgeAfter(Some(DerivedBound {
+                    factor: 1.0,
+                    floor: fixed,
+                    cap: fixed,
+                }))
+            })
+            .map_err(|err| format!("expected auto, off or a duration: {err}")),
+    }
+}
+
 /// A share, from 0 to 1.
 fn parse_ratio(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
@@ -190,6 +216,23 @@ mod tests {
         );
         assert_eq!(parse(&["--stale-after", "off"]).unwrap(), StaleAfter::Off);
         let err = parse(&["--stale-after", "soon"]).unwrap_err().to_string();
+        assert!(err.contains("auto, off or a duration"), "{err}");
+    }
+
+    #[test]
+    fn hedge_after_is_auto_by_default_or_a_duration_or_off() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(["booksvc"].iter().chain(args)).map(|c| c.hedge_after.0)
+        };
+        assert_eq!(parse(&[]).unwrap(), Some(AUTO_HEDGE_DELAY));
+        let fixed = parse(&["--hedge-after", "25ms"]).unwrap().unwrap();
+        assert_eq!(fixed.from_p99(None), Duration::from_millis(25));
+        assert_eq!(
+            fixed.from_p99(Some(Duration::from_millis(1))),
+            Duration::from_millis(25)
+        );
+        assert_eq!(parse(&["--hedge-after", "off"]).unwrap(), None);
+        let err = parse(&["--hedge-after", "later"]).unwrap_err().to_string();
         assert!(err.contains("auto, off or a duration"), "{err}");
     }
 }

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use resilience::{
     BreakerConfig, BreakerState, CallLimits, CircuitBreaker, ConcurrencyLimiter, DerivedBound,
-    LimiterConfig, Resilience, RetryBudget, RetryBudgetConfig, RetryPolicy,
+    Elsewhere, LimiterConfig, Resilience, RetryBudget, RetryBudgetConfig, RetryPolicy,
 };
 use serde_json::json;
 use shared::auth::{Credentials, require_credentials};
@@ -62,7 +62,7 @@ impl Application {
         let http_metrics = HttpMetrics::register(&mut registry);
 
         let breaker = breaker(&config, &mut registry);
-        let resilience = Resilience {
+        let mut resilience = Resilience {
             adaptive_timeout: Some(DerivedBound {
                 factor: ATTEMPT_TIMEOUT_FACTOR,
                 floor: config.attempt_timeout_floor,
@@ -91,6 +91,15 @@ impl Application {
             env!("CARGO_PKG_NAME"),
             env!("CARGO_PKG_VERSION"),
         )?;
+        // A slow read's twin, and a failed attempt's first retry, go to another address
+        // while more than one is in rotation.
+        resilience.hedge = config.hedge_after.0;
+        let balanced = client.clone();
+        resilience.elsewhere = Some(Elsewhere::new(move || {
+            balanced
+                .balancer_counts()
+                .is_some_and(|counts| counts.in_rotation >= 2)
+        }));
         let upstream = Upstream::new(
             client,
             resilience,

@@ -29,7 +29,7 @@ use resilience::{
     AttemptObserver, AttemptOutcome, Attempted, BreakerVerdict, CallError, ConcurrencyLimiter,
     LatencyTracker, Resilience, RetryDecision, parse_retry_after,
 };
-use shared::client::{ClientError, ServiceClient, TokenError};
+use shared::client::{ClientError, ServiceClient, TokenError, Trail};
 use shared::deadline::REQUEST_TIMEOUT_HEADER;
 use shared::metrics::latency_histogram;
 use shared::telemetry::{TRACE_ONLY, traces};
@@ -111,6 +111,8 @@ pub enum Delivery {
 struct DeliveryTally {
     started: AtomicUsize,
     unsent: AtomicUsize,
+    /// Where the last attempt went: the next goes elsewhere, where it can.
+    trail: Trail,
 }
 
 impl DeliveryTally {
@@ -164,6 +166,12 @@ impl Collector for LimiterGauges {
         }
         Ok(())
     }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HedgeLabels {
+    /// `sent`, `won` or `refused`.
+    event: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -249,6 +257,7 @@ impl Upstream {
         let latency = latency_histogram();
         let retries = Family::<RetryLabels, Counter>::default();
         let refused = Family::<RefusalLabels, Counter>::default();
+        let hedges = Family::<HedgeLabels, Counter>::default();
         registry.register(
             "upstream_attempts",
             "HTTP attempts to storagesvc, by outcome class (see the outcome table)",
@@ -269,6 +278,11 @@ impl Upstream {
             "Failed retryable attempts not retried, by reason (exhausted, breaker_open, deadline, budget)",
             refused.clone(),
         );
+        registry.register(
+            "upstream_hedges",
+            "Slow read attempts given a twin to another address of storagesvc: sent, won (the twin answered first) or refused (retry budget spent, breaker)",
+            hedges.clone(),
+        );
         resilience.observer = AttemptObserver::new(move |outcome, took| {
             attempts
                 .get_or_create(&OutcomeLabels {
@@ -279,6 +293,13 @@ impl Upstream {
             record_outcome(outcome);
         })
         .with_spans(attempt_span)
+        .with_hedges(move |event| {
+            hedges
+                .get_or_create(&HedgeLabels {
+                    event: event.as_str(),
+                })
+                .inc();
+        })
         .with_retries(move |after, decision| match decision {
             RetryDecision::Retry { .. } => {
                 retries
@@ -307,6 +328,8 @@ impl Upstream {
         registry.register_collector(Box::new(EndpointGauges(client.clone())));
         let writes = Resilience {
             adaptive_timeout: None,
+            // A write is never sent twice at once, idempotency key or not.
+            hedge: None,
             latency: Arc::new(LatencyTracker::new()),
             ..resilience.clone()
         };
@@ -389,7 +412,8 @@ impl Upstream {
         );
         let sent = self
             .client
-            .execute(
+            .execute_on(
+                &tally.trail,
                 request.method.clone(),
                 &request.path_and_query,
                 headers,

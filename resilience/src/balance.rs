@@ -268,6 +268,13 @@ impl<K: Eq + Hash + Clone> Balancer<K> {
     /// rotation. An address whose attempts hang collects attempts in flight, so it loses
     /// its pairs even before it is ejected. `None` only when there is no address at all.
     pub fn pick(&self) -> Option<Pick<'_, K>> {
+        self.pick_except(None)
+    }
+
+    /// Like [`pick`](Self::pick), but not `avoid` while another address is in rotation:
+    /// for the next attempt of a call whose last attempt went there (a slow attempt's
+    /// twin, a failed one's retry).
+    pub fn pick_except(&self, avoid: Option<&K>) -> Option<Pick<'_, K>> {
         let mut state = self.lock();
         let State {
             order,
@@ -281,6 +288,11 @@ impl<K: Eq + Hash + Clone> Balancer<K> {
                 .is_some_and(|endpoint| endpoint.state == EndpointState::InRotation)
         };
         let mut candidates: Vec<&K> = order.iter().filter(in_rotation).collect();
+        if let Some(avoid) = avoid
+            && candidates.iter().any(|key| *key != avoid)
+        {
+            candidates.retain(|key| *key != avoid);
+        }
         if candidates.is_empty() {
             // Ejection never takes the last address, but one may be waiting for its probe
             // while the others are ejected: any address is better than none.
@@ -527,6 +539,20 @@ mod tests {
             pick.succeeded();
         }
         held.succeeded();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_next_attempt_avoids_the_last_address_while_another_is_in_rotation() {
+        let three = balancer(&["a", "b", "c"]);
+        for _ in 0..100 {
+            let pick = three.pick_except(Some(&"a")).unwrap();
+            assert_ne!(*pick.key(), "a");
+            pick.succeeded();
+        }
+        let alone = balancer(&["a"]);
+        let pick = alone.pick_except(Some(&"a")).unwrap();
+        assert_eq!(*pick.key(), "a", "the only address is still an address");
+        pick.succeeded();
     }
 
     #[tokio::test(start_paused = true)]

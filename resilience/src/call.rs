@@ -1,5 +1,6 @@
 //! One upstream call under every policy, in the order the read path applies them:
-//! concurrency limit → deadline → retry (with budget) → circuit breaker → attempt timeout.
+//! concurrency limit → deadline → retry (with budget) → circuit breaker → attempt timeout,
+//! and, for a slow attempt where another address could answer, a hedge.
 //!
 //! The attempt itself (an HTTP request, usually) is a closure, so this file holds only the
 //! policy and can be tested with a scripted upstream and paused time. The retry step is a
@@ -67,6 +68,59 @@ impl Default for CallLimits {
         Self {
             deadline: Duration::from_millis(1500),
             attempt_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `auto` for [`Resilience::hedge`]: the recent p99, so that about one attempt in a hundred
+/// gets a twin; no sooner than 10 ms (a twin is no answer to the scheduler's jitter) and no
+/// later than 40 ms (the twin's answer still comes before the stale-after bound's earliest,
+/// 40 ms).
+pub const AUTO_HEDGE_DELAY: DerivedBound = DerivedBound {
+    factor: 1.0,
+    floor: Duration::from_millis(10),
+    cap: Duration::from_millis(40),
+};
+
+/// Whether the next attempt of a call can go to another address than the one before (for
+/// a balanced client: whether more than one address is in rotation).
+#[derive(Clone)]
+pub struct Elsewhere(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl Elsewhere {
+    pub fn new(possible: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(possible))
+    }
+
+    pub fn possible(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Elsewhere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Elsewhere").finish_non_exhaustive()
+    }
+}
+
+/// What became of a slow attempt's hedge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HedgeEvent {
+    /// The twin was sent.
+    Sent,
+    /// The twin answered first, with a success; the slow attempt was dropped.
+    Won,
+    /// Not sent: the retry budget is spent, or the breaker refused it.
+    Refused,
+}
+
+impl HedgeEvent {
+    /// A short, stable name, used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Won => "won",
+            Self::Refused => "refused",
         }
     }
 }
@@ -141,13 +195,16 @@ pub enum RetryDecision {
 type OnAttempt = dyn Fn(AttemptOutcome, Duration) + Send + Sync;
 type OnRetry = dyn Fn(AttemptOutcome, RetryDecision) + Send + Sync;
 type MakeSpan = dyn Fn(usize) -> Span + Send + Sync;
+type OnHedge = dyn Fn(HedgeEvent) + Send + Sync;
 
-/// Told of every attempt's outcome and duration, timed-out ones included, and of every
-/// retry decision (for metrics and logs); and, for traces, what span each attempt runs in.
+/// Told of every attempt's outcome and duration, timed-out ones included, of every retry
+/// decision and of every hedge (for metrics and logs); and, for traces, what span each
+/// attempt runs in.
 #[derive(Clone, Default)]
 pub struct AttemptObserver {
     on_attempt: Option<Arc<OnAttempt>>,
     on_retry: Option<Arc<OnRetry>>,
+    on_hedge: Option<Arc<OnHedge>>,
     span: Option<Arc<MakeSpan>>,
 }
 
@@ -156,6 +213,7 @@ impl AttemptObserver {
         Self {
             on_attempt: Some(Arc::new(on_attempt)),
             on_retry: None,
+            on_hedge: None,
             span: None,
         }
     }
@@ -184,6 +242,18 @@ impl AttemptObserver {
         self
     }
 
+    /// Also tells `on_hedge` of each hedge sent, refused, or that won.
+    pub fn with_hedges(mut self, on_hedge: impl Fn(HedgeEvent) + Send + Sync + 'static) -> Self {
+        self.on_hedge = Some(Arc::new(on_hedge));
+        self
+    }
+
+    fn hedge(&self, event: HedgeEvent) {
+        if let Some(observe) = &self.on_hedge {
+            observe(event);
+        }
+    }
+
     fn attempt(&self, outcome: AttemptOutcome, took: Duration) {
         if let Some(observe) = &self.on_attempt {
             observe(outcome, took);
@@ -202,6 +272,7 @@ impl std::fmt::Debug for AttemptObserver {
         f.debug_struct("AttemptObserver")
             .field("on_attempt", &self.on_attempt.is_some())
             .field("on_retry", &self.on_retry.is_some())
+            .field("on_hedge", &self.on_hedge.is_some())
             .field("span", &self.span.is_some())
             .finish()
     }
@@ -222,6 +293,20 @@ pub struct Resilience {
     pub adaptive_timeout: Option<DerivedBound>,
     /// `None`: no limit on the calls in flight.
     pub limiter: Option<ConcurrencyLimiter>,
+    /// Hedged attempts (Finagle's backup requests, gRPC's hedging): an attempt that has not
+    /// answered within this delay (from recent healthy latency, clamped) gets a twin, sent
+    /// while it is still in flight, and the first success of the two wins. No twin when the
+    /// delay is not shorter than the attempt's timeout. `None`: no attempt is hedged; set it
+    /// only for requests that are safe to send twice.
+    pub hedge: Option<DerivedBound>,
+    /// Whether an attempt can go to another address than the one before ([`Elsewhere`]);
+    /// `None`: there is one address. With another address, a slow attempt's twin goes
+    /// there, and so does the first retry of a failed attempt, at once: the failure may
+    /// be that address's own, and the backoff is for a service that is failing as a whole
+    /// (a second failure in a row says it may be, and the backoff applies). Without one,
+    /// nothing is hedged: a twin to the only address would only double the work of a
+    /// server that is already slow.
+    pub elsewhere: Option<Elsewhere>,
     pub observer: AttemptObserver,
 }
 
@@ -247,6 +332,8 @@ impl Resilience {
             latency: Arc::new(LatencyTracker::new()),
             adaptive_timeout: None,
             limiter: None,
+            hedge: None,
+            elsewhere: None,
             observer: AttemptObserver::default(),
         }
     }
@@ -259,7 +346,8 @@ impl Resilience {
         F: Fn(Duration) -> Fut,
         Fut: Future<Output = Attempted<T>>,
     {
-        self.run(self.retry, attempt, |_| {}).await
+        self.run(self.retry, self.hedge.as_ref(), attempt, |_| {})
+            .await
     }
 
     /// Like [`call`](Self::call), and tells `on_failed_attempt` of each failed attempt as
@@ -274,7 +362,8 @@ impl Resilience {
         F: Fn(Duration) -> Fut,
         Fut: Future<Output = Attempted<T>>,
     {
-        self.run(self.retry, attempt, on_failed_attempt).await
+        self.run(self.retry, self.hedge.as_ref(), attempt, on_failed_attempt)
+            .await
     }
 
     /// Like [`call`](Self::call), but never retries: for a request that is not safe to
@@ -288,13 +377,15 @@ impl Resilience {
             max_retries: 0,
             ..self.retry
         };
-        self.run(no_retries, attempt, |_| {}).await
+        // Not safe to send twice: no hedge either.
+        self.run(no_retries, None, attempt, |_| {}).await
     }
 
     /// The concurrency limit around the retry loop: a refused call sends nothing.
     async fn run<T, F, Fut>(
         &self,
         retry: RetryPolicy,
+        hedge: Option<&DerivedBound>,
         attempt: F,
         on_failed_attempt: impl FnMut(AttemptOutcome),
     ) -> Result<T, CallError<T>>
@@ -303,13 +394,17 @@ impl Resilience {
         Fut: Future<Output = Attempted<T>>,
     {
         let Some(limiter) = &self.limiter else {
-            return self.retry_loop(retry, attempt, on_failed_attempt).await;
+            return self
+                .retry_loop(retry, hedge, attempt, on_failed_attempt)
+                .await;
         };
         let Some(slot) = limiter.try_acquire() else {
             tracing::debug!("concurrency limit reached: call shed");
             return Err(CallError::Shed);
         };
-        let result = self.retry_loop(retry, attempt, on_failed_attempt).await;
+        let result = self
+            .retry_loop(retry, hedge, attempt, on_failed_attempt)
+            .await;
         let overloaded = match &result {
             Err(CallError::Failed { outcome, .. }) => outcome.is_overload_signal(),
             _ => false,
@@ -321,6 +416,7 @@ impl Resilience {
     async fn retry_loop<T, F, Fut>(
         &self,
         retry: RetryPolicy,
+        hedge: Option<&DerivedBound>,
         attempt: F,
         mut on_failed_attempt: impl FnMut(AttemptOutcome),
     ) -> Result<T, CallError<T>>
@@ -349,7 +445,8 @@ impl Resilience {
                     });
                 }
             };
-            let failure = match self.attempt_once(permit, deadline, retries, &attempt).await {
+            let attempted = self.attempt_hedged(hedge, permit, deadline, retries, &attempt);
+            let failure = match attempted.await {
                 Ok(value) => return Ok(value),
                 Err(failure) => failure,
             };
@@ -395,7 +492,13 @@ impl Resilience {
         let Some(backoff) = retry.backoff(retries) else {
             return RetryDecision::Refused(RetryRefusal::Exhausted);
         };
-        // The upstream's own delay (429 + Retry-After) replaces the backoff.
+        // The first retry goes at once where it can go to another address. The upstream's
+        // own delay (429 + Retry-After) replaces either.
+        let backoff = if retries == 0 && self.can_go_elsewhere() {
+            Duration::ZERO
+        } else {
+            backoff
+        };
         let delay = outcome.requested_delay().unwrap_or(backoff);
         if self.breaker.state() == BreakerState::Open {
             return RetryDecision::Refused(RetryRefusal::BreakerOpen);
@@ -421,6 +524,87 @@ impl Resilience {
                 .min(self.limits.attempt_timeout),
             _ => self.limits.attempt_timeout,
         }
+    }
+
+    /// One attempt, and its twin if it is slow ([`Resilience::hedge`]). Twins are extra
+    /// load: each is paid from the retry budget (none when it is spent) and needs the
+    /// breaker's permission like any attempt. Once both are in flight the first success
+    /// wins and the other is dropped (for the breaker that is no outcome at all; a balanced
+    /// client counts it against its address, which did not answer in time). A failure of
+    /// one leaves the call to the other; when both fail, the later failure is the attempt's.
+    async fn attempt_hedged<T, F, Fut>(
+        &self,
+        hedge: Option<&DerivedBound>,
+        permit: BreakerPermit,
+        deadline: Instant,
+        retry: usize,
+        attempt: &F,
+    ) -> Result<T, Failure<T>>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = Attempted<T>>,
+    {
+        let delay = hedge.and_then(|hedge| self.hedge_delay(hedge, permit.is_probe(), deadline));
+        let first = self.attempt_once(permit, deadline, retry, attempt);
+        let Some(delay) = delay else {
+            return first.await;
+        };
+        tokio::pin!(first);
+        tokio::select! {
+            result = &mut first => return result,
+            () = tokio::time::sleep(delay) => {}
+        }
+        // The attempt is slow. A twin, if the breaker and the budget allow (asked in that
+        // order: a refusal by the breaker does not spend the budget).
+        let Some(permit) = self
+            .breaker
+            .try_acquire()
+            .ok()
+            .filter(|_| self.budget.try_retry())
+        else {
+            self.observer.hedge(HedgeEvent::Refused);
+            return first.await;
+        };
+        self.observer.hedge(HedgeEvent::Sent);
+        tracing::debug!(?delay, "attempt slow: hedged");
+        let second = self.attempt_once(permit, deadline, retry, attempt);
+        tokio::pin!(second);
+        tokio::select! {
+            result = &mut first => match result {
+                Ok(value) => Ok(value),
+                Err(_) => second.await,
+            },
+            result = &mut second => match result {
+                Ok(value) => {
+                    self.observer.hedge(HedgeEvent::Won);
+                    Ok(value)
+                }
+                Err(_) => first.await,
+            },
+        }
+    }
+
+    /// How long an attempt runs alone before it is hedged; `None`: it is not. Never for the
+    /// half-open probe (it must be alone), nor where there is nowhere else to send a twin,
+    /// nor when the twin would come no sooner than the attempt's own timeout.
+    fn hedge_delay(
+        &self,
+        hedge: &DerivedBound,
+        probe: bool,
+        deadline: Instant,
+    ) -> Option<Duration> {
+        if probe {
+            return None;
+        }
+        let delay = hedge.from_p99(self.latency.p99());
+        let timeout = self
+            .attempt_timeout(false)
+            .min(deadline.saturating_duration_since(Instant::now()));
+        (delay < timeout && self.can_go_elsewhere()).then_some(delay)
+    }
+
+    fn can_go_elsewhere(&self) -> bool {
+        self.elsewhere.as_ref().is_some_and(Elsewhere::possible)
     }
 
     /// One attempt, number `retry` of the call (0 for the first), in its own span.
@@ -1002,6 +1186,123 @@ mod tests {
             "told at once, not after the retry's backoff"
         );
         assert!(upstream.starts()[1] >= ms(50));
+    }
+
+    /// Reads hedged after a fixed 20 ms when `elsewhere` says so; hedge events recorded.
+    fn hedged(elsewhere: bool) -> (Resilience, Arc<Mutex<Vec<&'static str>>>) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let resilience = Resilience {
+            hedge: Some(DerivedBound {
+                factor: 1.0,
+                floor: ms(20),
+                cap: ms(20),
+            }),
+            elsewhere: Some(Elsewhere::new(move || elsewhere)),
+            observer: AttemptObserver::default()
+                .with_hedges(move |event| seen.lock().unwrap().push(event.as_str())),
+            ..resilience()
+        };
+        (resilience, events)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_attempt_gets_a_twin_and_the_first_success_wins() {
+        let (resilience, events) = hedged(true);
+        let upstream = Upstream::new(&[(10_000, Success), (5, Success)]);
+        let started = Instant::now();
+        assert_eq!(run(&resilience, &upstream).await.unwrap(), "success");
+        assert_eq!(
+            started.elapsed(),
+            ms(25),
+            "the twin's answer, not the hang's"
+        );
+        assert_eq!(upstream.starts(), [ms(0), ms(20)]);
+        assert_eq!(*events.lock().unwrap(), ["sent", "won"]);
+        assert_eq!(
+            resilience.breaker.state(),
+            BreakerState::Closed,
+            "the dropped attempt is no failure"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_the_twin_fails_the_slow_attempt_still_answers() {
+        let (resilience, events) = hedged(true);
+        let upstream = Upstream::new(&[(100, Success), (5, ServerError)]);
+        let started = Instant::now();
+        assert_eq!(run(&resilience, &upstream).await.unwrap(), "success");
+        assert_eq!(started.elapsed(), ms(100));
+        assert_eq!(
+            upstream.starts().len(),
+            2,
+            "no retry: the attempt succeeded"
+        );
+        assert_eq!(*events.lock().unwrap(), ["sent"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_twin_for_a_fast_attempt_nor_with_nowhere_else_to_send_it() {
+        let (resilience, events) = hedged(true);
+        let fast = Upstream::new(&[(15, Success)]);
+        run(&resilience, &fast).await.unwrap();
+        assert_eq!(fast.starts().len(), 1);
+
+        let (alone, _) = hedged(false);
+        let slow = Upstream::new(&[(100, Success)]);
+        let started = Instant::now();
+        run(&alone, &slow).await.unwrap();
+        assert_eq!(started.elapsed(), ms(100));
+        assert_eq!(slow.starts().len(), 1, "one address: no twin");
+        assert!(events.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_twin_is_paid_from_the_retry_budget_and_never_sent_for_a_single_shot_call() {
+        let (mut resilience, events) = hedged(true);
+        resilience.budget = Arc::new(RetryBudget::new(RetryBudgetConfig {
+            ratio: 0.0,
+            min_per_window: 0,
+            ..Default::default()
+        }));
+        let slow = Upstream::new(&[(100, Success), (5, Success)]);
+        run(&resilience, &slow).await.unwrap();
+        assert_eq!(slow.starts().len(), 1, "budget spent: no twin");
+        assert_eq!(*events.lock().unwrap(), ["refused"]);
+
+        let (resilience, events) = hedged(true);
+        let slow = Upstream::new(&[(100, Success), (5, Success)]);
+        resilience
+            .call_once(|budget| Arc::clone(&slow).attempt(budget))
+            .await
+            .unwrap();
+        assert_eq!(slow.starts().len(), 1, "not safe to send twice");
+        assert!(events.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_another_address_the_first_retry_goes_at_once_and_the_second_backs_off() {
+        let elsewhere = Resilience {
+            elsewhere: Some(Elsewhere::new(|| true)),
+            ..resilience()
+        };
+        let upstream = Upstream::new(&[(0, ServerError), (0, ServerError), (0, Success)]);
+        assert_eq!(run(&elsewhere, &upstream).await.unwrap(), "success");
+        let starts = upstream.starts();
+        assert_eq!(starts[1], ms(0), "first retry at once");
+        let second_wait = starts[2] - starts[1];
+        assert!(
+            second_wait >= ms(100) && second_wait <= ms(200),
+            "second retry after {second_wait:?}"
+        );
+
+        let nowhere = Resilience {
+            elsewhere: Some(Elsewhere::new(|| false)),
+            ..resilience()
+        };
+        let upstream = Upstream::new(&[(0, ServerError), (0, Success)]);
+        run(&nowhere, &upstream).await.unwrap();
+        assert!(upstream.starts()[1] >= ms(50), "one address: the backoff");
     }
 
     #[test]

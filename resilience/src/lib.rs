@@ -27,8 +27,8 @@ pub use balance::{Balancer, BalancerConfig, BalancerCounts, EndpointState, Pick}
 pub use breaker::{BreakerConfig, BreakerOpen, BreakerPermit, BreakerState, CircuitBreaker};
 pub use budget::{RetryBudget, RetryBudgetConfig};
 pub use call::{
-    AttemptObserver, Attempted, CallError, CallLimits, Resilience, RetryDecision, RetryPolicy,
-    RetryRefusal,
+    AUTO_HEDGE_DELAY, AttemptObserver, Attempted, CallError, CallLimits, Elsewhere, HedgeEvent,
+    Resilience, RetryDecision, RetryPolicy, RetryRefusal,
 };
 pub use latency::{DerivedBound, LatencyTracker, StaleAfter};
 pub use limiter::{ConcurrencyLimiter, LimitPermit, LimiterConfig};

@@ -165,9 +165,11 @@ impl Endpoints {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Where the next attempt goes. Resolves the name first if it never was, starts a
-    /// resolution in the background when the last is old, and sends the probes due.
-    pub async fn route(self: &Arc<Self>) -> Route<'_> {
+    /// Where the next attempt goes: not to `avoid` (the call's last attempt's address)
+    /// while another address is in rotation. Resolves the name first if it never was,
+    /// starts a resolution in the background when the last is old, and sends the probes
+    /// due.
+    pub async fn route(self: &Arc<Self>, avoid: Option<SocketAddr>) -> Route<'_> {
         if !self.balanced {
             return self.by_name();
         }
@@ -183,7 +185,7 @@ impl Endpoints {
             }
         }
         self.send_due_probes();
-        let Some(pick) = self.balancer.pick() else {
+        let Some(pick) = self.balancer.pick_except(avoid.as_ref()) else {
             return self.by_name();
         };
         let http = self.clients().get(pick.key()).cloned();

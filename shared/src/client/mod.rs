@@ -79,6 +79,32 @@ pub fn blocking_http_client(timeout: Duration) -> anyhow::Result<reqwest::blocki
 }
 
 /// A client for one service. Cheap to clone: clones share connections and the token cache.
+/// Where one call's last attempt went, so that its next attempt (a slow attempt's twin, a
+/// failed attempt's retry) goes to another address of the service, where it has another in
+/// rotation. One per call; [`ServiceClient::execute_on`] reads and updates it.
+#[derive(Debug, Default)]
+pub struct Trail {
+    last: std::sync::Mutex<Option<SocketAddr>>,
+}
+
+impl Trail {
+    fn last(&self) -> Option<SocketAddr> {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn went_to(&self, address: Option<SocketAddr>) {
+        if address.is_some() {
+            *self
+                .last
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = address;
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ServiceClient {
     inner: Arc<Inner>,
@@ -214,7 +240,24 @@ impl ServiceClient {
         headers: HeaderMap,
         body: Option<Bytes>,
     ) -> Result<Response, ClientError> {
-        let route = self.inner.endpoints.route().await;
+        self.execute_on(&Trail::default(), method, path_and_query, headers, body)
+            .await
+    }
+
+    /// Like [`execute`](Self::execute), as one attempt of a call: it goes to another
+    /// address than the call's last attempt did (`trail`), where the service has another
+    /// in rotation. A slow attempt's twin and a failed attempt's retry then try another
+    /// replica, not the one that was slow or failed.
+    pub async fn execute_on(
+        &self,
+        trail: &Trail,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<Response, ClientError> {
+        let route = self.inner.endpoints.route(trail.last()).await;
+        trail.went_to(route.address());
         let (mut request, token) = self
             .prepare(&route.http, method.clone(), path_and_query, headers)
             .await?;
