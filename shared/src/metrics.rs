@@ -68,6 +68,7 @@ impl HttpMetrics {
             "HTTP requests being handled now",
             in_flight.clone(),
         );
+        registry.register_collector(Box::new(DroppedLogLines));
         Self {
             requests,
             duration,
@@ -134,4 +135,45 @@ async fn render(State(registry): State<Arc<Registry>>) -> Response {
     let content_type =
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `log_lines_dropped_total`: lines the log writer thread could not keep up with, read
+/// at each scrape.
+#[derive(Debug)]
+struct DroppedLogLines;
+
+impl prometheus_client::collector::Collector for DroppedLogLines {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let counter = prometheus_client::metrics::counter::ConstCounter::new(
+            crate::telemetry::dropped_log_lines(),
+        );
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer could not keep up with them",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        prometheus_client::encoding::EncodeMetric::encode(&counter, metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dropped_log_lines_are_a_counter_of_every_service() {
+        let mut registry = Registry::default();
+        HttpMetrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("# TYPE log_lines_dropped counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nlog_lines_dropped_total 0\n"), "{text}");
+    }
 }
