@@ -246,7 +246,7 @@ pub struct ReadOne;
     params(BookId),
     responses((status = 200, response = inline(OneBook)), OneAnswers)
 )]
-pub async fn read(State(path): State<ReadPath>, uri: Uri) -> Response {
+pub async fn read(State(path): State<Arc<ReadPath>>, uri: Uri) -> Response {
     // 1. Parse, then key: only the parsed value is used from here on.
     let query = match BookQuery::from_uri(&uri) {
         Ok(query) => query,
