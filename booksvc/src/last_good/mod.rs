@@ -309,11 +309,13 @@ impl LastGoodStore {
         let timeout = self.config.write_timeout;
         let mut redis = self.redis.clone();
         let metrics = self.metrics.clone();
-        tokio::spawn(async move {
+        // Boxed, as the read path's call: the write's future is large, and a task moves it
+        // by value.
+        tokio::spawn(Box::pin(async move {
             let write = redis.set_ex::<_, _, ()>(&redis_key, value, ttl);
             metrics.bounded("write", &redis_key, timeout, write).await;
             drop(slot);
-        });
+        }));
     }
 
     /// The last good answer for `key`, from memory or else from Redis, or `None`; only
