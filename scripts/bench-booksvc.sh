@@ -155,7 +155,8 @@ Environment:
                    host       the containers share the host's network and
                               listen on 127.0.0.1 only: no proxy, closer to a
                               deployment where all sit on one network
-  LOG_LEVEL      RUST_LOG of both services (default info: one line per request)
+  LOG_LEVEL      RUST_LOG of both services (default info: one line per request;
+                 ACCESS_LOG=errors or off, passed on, leaves it out)
   LOG_DIR        where logs and raw wrk output go (default: a new directory
                  under \${TMPDIR:-/tmp}); kept after the run
   NGINX_PEER_IMAGE  the nginx peer of --hop (default
@@ -922,11 +923,18 @@ print_hop_summary() {
 	np_book=$(not_proxied booksvc)
 	np_nginx=$(not_proxied nginx)
 	((np_book == 0 && np_nginx == 0 && fallbacks == 0)) || fresh=NO
-	v_book=$(verdict "<=" "$book_us" "$TARGET_HOP_BOOKSVC_US")
-	v_book80=$(verdict "<=" "$book_us" 80)
+	# With answers that were not proxied (stale or coalesced, cheaper than a proxied
+	# one), CPU per answer flatters booksvc; CPU per request storagesvc served is then
+	# an upper bound of its cost per proxied request, and the targets are judged on it.
+	local book_us_proxied judged
+	book_us_proxied=$(per_answer "$(awk '{ print $1 }' <<<"${R_US[booksvc]}")" "${R_SERVED[booksvc]}")
+	judged=$book_us
+	[[ $fresh == yes ]] || judged=$book_us_proxied
+	v_book=$(verdict "<=" "$judged" "$TARGET_HOP_BOOKSVC_US")
+	v_book80=$(verdict "<=" "$judged" 80)
 	v_svc=$(verdict "<=" "$svc_us" "$TARGET_HOP_STORAGESVC_US")
 	v_share=$(verdict ">=" "$share" "$TARGET_HOP_SHARE_PCT")
-	v_below=$(awk -v b="$book_us" -v n="$nginx_us" 'BEGIN { print (b + 0 < n + 0 ? "met" : "MISSED") }')
+	v_below=$(awk -v b="$judged" -v n="$nginx_us" 'BEGIN { print (b + 0 < n + 0 ? "met" : "MISSED") }')
 	v_fresh=$([[ $fresh == yes ]] && echo met || echo MISSED)
 	local network
 	if [[ $PG_NETWORK == host ]]; then
@@ -941,7 +949,7 @@ print_hop_summary() {
 	echo "          load average at the start: $LOAD_BEFORE"
 	echo "          wrk, the proxies, storagesvc, PostgreSQL and Redis share these CPUs; nothing is pinned"
 	echo "network:  $network; nginx on the host network"
-	echo "logging:  RUST_LOG=$LOG_LEVEL, LOG_FORMAT=json, to files"
+	echo "logging:  RUST_LOG=$LOG_LEVEL, ACCESS_LOG=${ACCESS_LOG:-all}, LOG_FORMAT=json, to files"
 	echo "books:    GET /books returns $BOOKS_COUNT books, $BOOKS_BYTES bytes; storagesvc's DB_MAX_CONNECTIONS=$DB_MAX_CONNECTIONS"
 	echo "requests: spread over $DISTINCT_KEYS URLs, /books?limit=1000 down to /books?limit=$((1001 - DISTINCT_KEYS)), the same for each target"
 	echo
@@ -964,10 +972,12 @@ print_hop_summary() {
 	echo "  booksvc's own count: $answers answers, $attempts attempts to storagesvc, $fallbacks from the last-good store"
 	echo
 	printf '%-44s %-10s %s\n' \
-		"booksvc CPU per answer" "$book_us us" "(target <= $TARGET_HOP_BOOKSVC_US us: $v_book; <= 80 us: $v_book80)" \
+		"booksvc CPU per answer" "$book_us us" "" \
+		"booksvc CPU per request storagesvc served" "$book_us_proxied us" "(an upper bound per proxied request)" \
+		"booksvc, judged on $([[ $fresh == yes ]] && echo "CPU per answer" || echo "the upper bound")" "$judged us" "(target <= $TARGET_HOP_BOOKSVC_US us: $v_book; <= 80 us: $v_book80)" \
 		"storagesvc CPU per answer, through booksvc" "$svc_us us" "(target <= $TARGET_HOP_STORAGESVC_US us: $v_svc)" \
 		"booksvc throughput / direct" "$share%" "(target >= $TARGET_HOP_SHARE_PCT%: $v_share)" \
-		"booksvc CPU per answer / nginx's" "$book_us / $nginx_us" "(target: below: $v_below)" \
+		"booksvc CPU (judged) / nginx's per answer" "$judged / $nginx_us" "(target: below: $v_below)" \
 		"every answer fresh" "$fresh" "(target: yes: $v_fresh)"
 	echo
 	echo "CPU, cores used on average during each measured run (machine busy in the second before it):"
