@@ -16,6 +16,15 @@
 # local OTLP receiver (a few lines of Python that accept and drop what they
 # are sent); target: throughput with traces at least 90% of without.
 #
+# `--hop` measures the cost of the hop itself: the same load, spread over
+# distinct keys, on storagesvc directly, on booksvc and on the nginx peer
+# (bench/nginx) in front of the same storagesvc, and prints the CPU time each
+# process spent per answer (booksvc, nginx, storagesvc, PostgreSQL, Redis,
+# wrk), and how many answers were proxied (storagesvc's own count) rather than
+# stale or coalesced; targets: booksvc <= 100 us per answer, storagesvc <= 120
+# us, booksvc below nginx, booksvc's throughput >= 75% of the direct one,
+# every answer fresh.
+#
 # booksvc lets concurrent identical reads share one upstream call, so with
 # every client asking for the same list it forwards only a small share of the
 # requests and can beat storagesvc's own throughput. `--distinct-keys N`
@@ -50,17 +59,25 @@ readonly TARGET_STALE_P99_MS=5
 # --traces: booksvc's throughput with traces exported, as a share of without.
 readonly TARGET_TRACED_SHARE_PCT=90
 
+# --hop: CPU per answer (microseconds) and throughput against the direct one.
+readonly TARGET_HOP_BOOKSVC_US=100
+readonly TARGET_HOP_STORAGESVC_US=120
+readonly TARGET_HOP_SHARE_PCT=75
+
 # Knobs (see --help). The defaults are the conditions the targets are set for.
 DURATION=${DURATION:-}
 WARMUP=${WARMUP:-}
-CONNECTIONS=${CONNECTIONS:-64}
+CONNECTIONS=${CONNECTIONS:-}
 THREADS=${THREADS:-2}
 WRK_TIMEOUT=${WRK_TIMEOUT:-2s}
 READY_TIMEOUT=${READY_TIMEOUT:-90}
 PG_NETWORK=${PG_NETWORK:-published}
 LOG_LEVEL=${LOG_LEVEL:-info}
-DISTINCT_KEYS=${DISTINCT_KEYS:-0}
+DISTINCT_KEYS=${DISTINCT_KEYS:-}
 LOG_DIR=${LOG_DIR:-}
+NGINX_PEER_IMAGE=${NGINX_PEER_IMAGE:-bookstore/nginx-peer:latest}
+# Every container this script starts is named with this prefix.
+CONTAINER_PREFIX=${CONTAINER_PREFIX:-bench-booksvc}
 
 # Above this share of CPU in use before the load starts, the machine is not
 # idle (a build, tests) and the figures say more about that than about the
@@ -72,7 +89,7 @@ readonly DB_USER=bench
 
 usage() {
 	cat <<EOF
-Usage: ${0##*/} [--quick] [--no-build] [--traces] [--duration D] [--warmup D]
+Usage: ${0##*/} [--quick] [--no-build] [--traces | --hop] [--duration D] [--warmup D]
                         [--connections N] [--threads N] [--distinct-keys N]
 
 Benchmarks booksvc's GET /books with wrk, in one run:
@@ -105,6 +122,17 @@ Options:
                      a local OTLP receiver (target: at least $TARGET_TRACED_SHARE_PCT% of the
                      throughput without); with --distinct-keys, each answer
                      is one traced call through storagesvc
+  --hop              instead of the two phases: the cost of one hop. The same
+                     load, over distinct keys (900 unless --distinct-keys
+                     says otherwise), on storagesvc directly, on booksvc, and
+                     on the nginx peer (NGINX_PEER_IMAGE) in front of the
+                     same storagesvc; prints each process's CPU time per
+                     answer and how many answers storagesvc served (a stale
+                     or coalesced answer is not a proxied one). Targets:
+                     booksvc <= $TARGET_HOP_BOOKSVC_US us per answer, storagesvc <= $TARGET_HOP_STORAGESVC_US us,
+                     booksvc below nginx, booksvc's throughput >= $TARGET_HOP_SHARE_PCT% of the
+                     direct one, every answer fresh. Defaults: 32
+                     connections, 20s runs
   --duration D       each measured run (default 30s; wrk syntax: 30s, 2m, ...)
   --warmup D         load before each measured run, not counted (default 5s)
   --connections N    concurrent connections (default 64)
@@ -127,9 +155,14 @@ Environment:
                    host       the containers share the host's network and
                               listen on 127.0.0.1 only: no proxy, closer to a
                               deployment where all sit on one network
-  LOG_LEVEL      RUST_LOG of both services (default info: one line per request)
+  LOG_LEVEL      RUST_LOG of both services (default info: one line per request;
+                 ACCESS_LOG=errors or off, passed on, leaves it out)
   LOG_DIR        where logs and raw wrk output go (default: a new directory
                  under \${TMPDIR:-/tmp}); kept after the run
+  NGINX_PEER_IMAGE  the nginx peer of --hop (default
+                 bookstore/nginx-peer:latest, made by bench/nginx/build-image.sh);
+                 run on the host network, listening on a free 127.0.0.1 port
+  CONTAINER_PREFIX  prefix of the containers' names (default bench-booksvc)
   POSTGRES_IMAGE, REDIS_IMAGE  images to use (default: built by
                  scripts/offline-images.sh)
   CARGO_TARGET_DIR  honoured when locating the binaries
@@ -149,6 +182,7 @@ source "$SCRIPT_DIR/bench-lib.sh"
 BUILD=true
 QUICK=false
 TRACES=false
+HOP=false
 parse_args() {
 	while [[ $# -gt 0 ]]; do
 		case $1 in
@@ -159,6 +193,7 @@ parse_args() {
 		--quick) QUICK=true ;;
 		--no-build) BUILD=false ;;
 		--traces) TRACES=true ;;
+		--hop) HOP=true ;;
 		--duration | --warmup | --connections | --threads | --distinct-keys)
 			[[ $# -ge 2 ]] || die "$1 needs a value"
 			case $1 in
@@ -177,10 +212,20 @@ parse_args() {
 		esac
 		shift
 	done
+	[[ $TRACES == false || $HOP == false ]] || die "--traces and --hop are separate runs; give one"
 	if [[ $QUICK == true ]]; then
 		DURATION=${DURATION:-5s}
 		WARMUP=${WARMUP:-2s}
 	fi
+	if [[ $HOP == true ]]; then
+		# The conditions of the issue's measurement: 32 connections, 20 s,
+		# every request a different page.
+		CONNECTIONS=${CONNECTIONS:-32}
+		DURATION=${DURATION:-20s}
+		DISTINCT_KEYS=${DISTINCT_KEYS:-900}
+	fi
+	CONNECTIONS=${CONNECTIONS:-64}
+	DISTINCT_KEYS=${DISTINCT_KEYS:-0}
 	DURATION=${DURATION:-30s}
 	WARMUP=${WARMUP:-5s}
 }
@@ -193,6 +238,11 @@ validate_settings() {
 		die "DISTINCT_KEYS='$DISTINCT_KEYS' is not a number from 0 to 900"
 	fi
 	DISTINCT_KEYS=$((10#$DISTINCT_KEYS))
+	if [[ $HOP == true ]] && ((DISTINCT_KEYS == 0)); then
+		die "--hop measures proxied answers: it needs distinct keys (--distinct-keys 1 to 900)"
+	fi
+	[[ $CONTAINER_PREFIX =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]] ||
+		die "CONTAINER_PREFIX='$CONTAINER_PREFIX' is not a container name prefix"
 }
 
 check_tools() {
@@ -210,6 +260,7 @@ REDIS_NAME=""
 SVC_PID=""
 BOOK_PID=""
 SINK_PID=""
+NGINX_NAME=""
 
 # Called by cleanup on exit.
 stop_started() {
@@ -223,6 +274,7 @@ stop_started() {
 		log "last PostgreSQL log lines:"
 		docker logs --tail 10 "$PG_NAME" 2>&1 | sed 's/^/    /' >&2
 	fi
+	remove_container "$NGINX_NAME"
 	remove_container "$PG_NAME"
 	remove_container "$REDIS_NAME"
 	stop_process "$SINK_PID"
@@ -313,7 +365,7 @@ PG_INNER_PORT=""
 PG_PID=""
 PG_PROXY_PID=""
 start_postgres() {
-	PG_NAME="bench-booksvc-pg-$$-$RANDOM"
+	PG_NAME="$CONTAINER_PREFIX-pg-$$-$RANDOM"
 	DB_PASSWORD=$(random_hex)
 	log "starting PostgreSQL ($POSTGRES_IMAGE, network: $PG_NETWORK) as container $PG_NAME"
 	run_container "$PG_NAME" 5432 "$POSTGRES_IMAGE" pg_listen_args \
@@ -337,7 +389,7 @@ REDIS_INNER_PORT=""
 REDIS_PID=""
 REDIS_PROXY_PID=""
 start_redis() {
-	REDIS_NAME="bench-booksvc-redis-$$-$RANDOM"
+	REDIS_NAME="$CONTAINER_PREFIX-redis-$$-$RANDOM"
 	log "starting Redis ($REDIS_IMAGE, network: $PG_NETWORK) as container $REDIS_NAME"
 	run_container "$REDIS_NAME" 6379 "$REDIS_IMAGE" redis_listen_args
 	REDIS_PORT=$PORT
@@ -346,6 +398,44 @@ start_redis() {
 	REDIS_PROXY_PID=$(proxy_pid "$REDIS_PORT")
 	wait_container "$REDIS_NAME" Redis redis_ping
 	log "Redis ready on 127.0.0.1:$REDIS_PORT"
+}
+
+# start_nginx: the nginx peer (NGINX_PEER_IMAGE) in front of storagesvc, with
+# the image's own configuration except where it listens: on the host network,
+# as the services here, on a free 127.0.0.1 port, so that it reaches
+# storagesvc on loopback with no docker-proxy in between. Its cache on a tmpfs,
+# as in the drill's compose file. Sets NGINX_PORT and NGINX_PID (the
+# container's main process, whose cgroup gives the CPU time of all of nginx's
+# processes).
+NGINX_PORT=""
+NGINX_PID=""
+start_nginx() {
+	docker image inspect "$NGINX_PEER_IMAGE" >/dev/null 2>&1 ||
+		die "no image $NGINX_PEER_IMAGE: build it with bench/nginx/build-image.sh (or set NGINX_PEER_IMAGE)"
+	local template=$LOG_DIR/nginx-peer.conf.template
+	docker run --rm --name "$CONTAINER_PREFIX-nginx-template-$$" --entrypoint cat \
+		"$NGINX_PEER_IMAGE" /etc/nginx/nginx-peer.conf.template >"$template" ||
+		die "cannot read the configuration template of $NGINX_PEER_IMAGE"
+	NGINX_PORT=$(pick_free_port)
+	sed -i "s/^\([[:space:]]*\)listen 8080;/\1listen 127.0.0.1:$NGINX_PORT;/" "$template"
+	grep -q "listen 127.0.0.1:$NGINX_PORT;" "$template" ||
+		die "the configuration of $NGINX_PEER_IMAGE has no 'listen 8080;' to move to a free port"
+	# Read by nginx's user inside the container.
+	chmod 0644 "$template"
+	NGINX_NAME="$CONTAINER_PREFIX-nginx-$$-$RANDOM"
+	log "starting the nginx peer ($NGINX_PEER_IMAGE) as container $NGINX_NAME"
+	docker run -d --name "$NGINX_NAME" \
+		--label org.bookstore.purpose=bench-booksvc \
+		--network host --no-healthcheck \
+		--tmpfs /var/cache/nginx-peer:size=64m,uid=33,gid=33,mode=0700 \
+		-v "$template:/etc/nginx/nginx-peer.conf.template:ro" \
+		-e STORAGESVC_ADDR="127.0.0.1:$SVC_PORT" \
+		-e STORAGESVC_TOKEN="$TOKEN" \
+		"$NGINX_PEER_IMAGE" >/dev/null || die "docker run of $NGINX_PEER_IMAGE failed"
+	NGINX_PID=$(docker inspect -f '{{.State.Pid}}' "$NGINX_NAME")
+	wait_container "$NGINX_NAME" nginx \
+		curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$NGINX_PORT/.well-known/alive"
+	log "nginx peer ready on 127.0.0.1:$NGINX_PORT"
 }
 
 redis_cli() { docker exec "$REDIS_NAME" redis-cli -p "$REDIS_INNER_PORT" "$@"; }
@@ -618,8 +708,33 @@ cores_from_ns() {
 }
 
 # Results of each run, by tag; R_COUNTERS holds booksvc's counters over the
-# measured run (see metrics_snapshot).
-declare -A R_RPS R_P50 R_P99 R_MAX R_REQ R_NON2XX R_SOCKET R_CPU R_IDLE R_COUNTERS
+# measured run (see metrics_snapshot), R_SERVED the GET /books storagesvc
+# answered during it, R_US the CPU time of each process over it, in
+# microseconds, as "booksvc storagesvc PostgreSQL Redis nginx wrk docker-proxy"
+# ("-" where there is no such process).
+declare -A R_RPS R_P50 R_P99 R_MAX R_REQ R_NON2XX R_SOCKET R_CPU R_IDLE R_COUNTERS R_SERVED R_US
+
+# storagesvc_served: GET /books (any status) storagesvc has answered since it
+# started, from its /metrics (admin port).
+storagesvc_served() {
+	curl -s --max-time 5 "http://127.0.0.1:$SVC_ADMIN_PORT/metrics" |
+		awk '$1 ~ /^http_server_requests_total\{/ && index($1, "method=\"GET\"") &&
+			index($1, "route=\"/books\"") { n += $NF } END { printf "%d\n", n }' ||
+		die "cannot read storagesvc's /metrics"
+}
+
+# us_from_ticks BEFORE AFTER, us_from_ns BEFORE AFTER: CPU time in
+# microseconds; "-" when either reading is missing.
+us_from_ticks() {
+	awk -v a="$1" -v b="$2" -v hz="$CLK_TCK" 'BEGIN {
+		if (a == "" || b == "") { print "-"; exit }
+		printf "%.0f\n", (b - a) * 1e6 / hz }'
+}
+us_from_ns() {
+	awk -v a="$1" -v b="$2" 'BEGIN {
+		if (a == "" || b == "") { print "-"; exit }
+		printf "%.0f\n", (b - a) / 1e3 }'
+}
 
 # proxy_ticks: CPU ticks of the docker-proxy processes (none with the host
 # network).
@@ -645,8 +760,10 @@ measure() {
 	check_wrk_errors "$label, warm-up" "$LOG_DIR/wrk-$tag-warmup.txt"
 
 	log "$label: measuring for ${DURATION_S}s"
-	local svc0 svc1 book0 book1 pg0 pg1 rd0 rd1 px0 px1 c0 c1
+	local svc0 svc1 book0 book1 pg0 pg1 rd0 rd1 px0 px1 c0 c1 ng0 ng1 s0 s1
 	c0=$(metrics_snapshot)
+	s0=$(storagesvc_served)
+	ng0=$(container_cpu_ns "$NGINX_PID")
 	svc0=$(proc_cpu_ticks "$SVC_PID")
 	book0=$(proc_cpu_ticks "$BOOK_PID")
 	pg0=$(container_cpu_ns "$PG_PID")
@@ -658,7 +775,12 @@ measure() {
 	pg1=$(container_cpu_ns "$PG_PID")
 	book1=$(proc_cpu_ticks "$BOOK_PID")
 	svc1=$(proc_cpu_ticks "$SVC_PID")
+	ng1=$(container_cpu_ns "$NGINX_PID")
+	s1=$(storagesvc_served)
 	c1=$(metrics_snapshot)
+	R_SERVED[$tag]=$((s1 - s0))
+	R_US[$tag]="$(us_from_ticks "$book0" "$book1") $(us_from_ticks "$svc0" "$svc1") $(us_from_ns "$pg0" "$pg1") $(us_from_ns "$rd0" "$rd1") $(us_from_ns "$ng0" "$ng1") $(us_from_ticks 0 "$M_WRK_TICKS") $(
+		[[ -n $PG_PROXY_PID$REDIS_PROXY_PID ]] && us_from_ticks "$px0" "$px1" || echo -)"
 	R_COUNTERS[$tag]=$(awk -v a="$c0" -v b="$c1" 'BEGIN {
 		n = split(a, x, " "); split(b, y, " ")
 		for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? " " : ""), y[i] - x[i]
@@ -745,6 +867,130 @@ measure_breaker_open() {
 	open_breaker
 	measure stale "booksvc, database stopped" "http://127.0.0.1:$BOOK_PORT/books"
 	STALE_STATE_AFTER=$(breaker_state)
+}
+
+# --hop: the same load over distinct keys on storagesvc directly, on booksvc
+# and on the nginx peer, one after the other.
+measure_hop() {
+	local code answer=$LOG_DIR/books-nginx.json status
+	code=$(get "http://127.0.0.1:$NGINX_PORT/books" "$answer")
+	[[ $code == 200 ]] || die "nginx: GET /books answered $code: $(head -c 300 "$answer")"
+	status=$(header "$answer.headers" cache-status)
+	[[ $status == *fwd=bypass* ]] || die "nginx: GET /books was not a fresh answer (Cache-Status: '${status:-absent}')"
+	cmp -s "$LOG_DIR/books-direct.json" "$answer" || die "nginx's GET /books body differs from storagesvc's ($answer)"
+	measure direct "storagesvc directly" "http://127.0.0.1:$SVC_PORT/books" "Authorization: Bearer $TOKEN"
+	measure booksvc "through booksvc" "http://127.0.0.1:$BOOK_PORT/books"
+	measure nginx "through the nginx peer" "http://127.0.0.1:$NGINX_PORT/books"
+}
+
+# per_answer MICROSECONDS ANSWERS: microseconds per answer, or "-".
+per_answer() {
+	awk -v us="$1" -v n="$2" 'BEGIN { if (us == "-" || n + 0 == 0) print "-"; else printf "%.0f\n", us / n }'
+}
+
+# hop_row TAG LABEL PROXY_FIELD: one line of the CPU table; PROXY_FIELD is the
+# field of R_US that holds the proxy's CPU time (0: none).
+hop_row() {
+	local tag=$1 label=$2 field=$3 book svc pg redis nginx wrk px proxy
+	read -r book svc pg redis nginx wrk px <<<"${R_US[$tag]}"
+	case $field in
+	1) proxy=$book ;;
+	5) proxy=$nginx ;;
+	*) proxy=- ;;
+	esac
+	printf '%-24s %7s %11s %11s %7s %7s %13s\n' "$label" \
+		"$(per_answer "$proxy" "${R_REQ[$tag]}")" "$(per_answer "$svc" "${R_REQ[$tag]}")" \
+		"$(per_answer "$pg" "${R_REQ[$tag]}")" "$(per_answer "$redis" "${R_REQ[$tag]}")" \
+		"$(per_answer "$wrk" "${R_REQ[$tag]}")" "$(per_answer "$px" "${R_REQ[$tag]}")"
+}
+
+# not_proxied TAG: answers of the run that storagesvc did not serve (stale or
+# coalesced ones). storagesvc also counts the requests in flight when wrk
+# stops, which wrk does not: more served than answered is normal.
+not_proxied() {
+	awk -v a="${R_REQ[$1]}" -v s="${R_SERVED[$1]}" 'BEGIN { d = a - s; print (d > 0 ? d : 0) }'
+}
+
+print_hop_summary() {
+	local book_us nginx_us svc_us share
+	local attempts attempt_us fallbacks memory probes answers over4 over8
+	read -r attempts attempt_us fallbacks memory probes answers over4 over8 <<<"${R_COUNTERS[booksvc]}"
+	book_us=$(per_answer "$(awk '{ print $1 }' <<<"${R_US[booksvc]}")" "${R_REQ[booksvc]}")
+	nginx_us=$(per_answer "$(awk '{ print $5 }' <<<"${R_US[nginx]}")" "${R_REQ[nginx]}")
+	svc_us=$(per_answer "$(awk '{ print $2 }' <<<"${R_US[booksvc]}")" "${R_REQ[booksvc]}")
+	share=$(awk -v b="${R_RPS[booksvc]}" -v d="${R_RPS[direct]}" 'BEGIN { printf "%.1f", (d > 0 ? 100 * b / d : 0) }')
+	local np_book np_nginx fresh=yes v_book v_book80 v_svc v_share v_below v_fresh
+	np_book=$(not_proxied booksvc)
+	np_nginx=$(not_proxied nginx)
+	((np_book == 0 && np_nginx == 0 && fallbacks == 0)) || fresh=NO
+	# With answers that were not proxied (stale or coalesced, cheaper than a proxied
+	# one), CPU per answer flatters booksvc; CPU per request storagesvc served is then
+	# an upper bound of its cost per proxied request, and the targets are judged on it.
+	local book_us_proxied judged
+	book_us_proxied=$(per_answer "$(awk '{ print $1 }' <<<"${R_US[booksvc]}")" "${R_SERVED[booksvc]}")
+	judged=$book_us
+	[[ $fresh == yes ]] || judged=$book_us_proxied
+	v_book=$(verdict "<=" "$judged" "$TARGET_HOP_BOOKSVC_US")
+	v_book80=$(verdict "<=" "$judged" 80)
+	v_svc=$(verdict "<=" "$svc_us" "$TARGET_HOP_STORAGESVC_US")
+	v_share=$(verdict ">=" "$share" "$TARGET_HOP_SHARE_PCT")
+	v_below=$(awk -v b="$judged" -v n="$nginx_us" 'BEGIN { print (b + 0 < n + 0 ? "met" : "MISSED") }')
+	v_fresh=$([[ $fresh == yes ]] && echo met || echo MISSED)
+	local network
+	if [[ $PG_NETWORK == host ]]; then
+		network="PG_NETWORK=host: PostgreSQL and Redis on the host network (no docker-proxy)"
+	else
+		network="PG_NETWORK=published: PostgreSQL and Redis through ports published on 127.0.0.1 (docker-proxy)"
+	fi
+
+	echo
+	echo "booksvc benchmark, the hop: $CONNECTIONS connections, ${DURATION_S}s per run after ${WARMUP_S}s warm-up, $THREADS wrk threads"
+	echo "machine:  $(machine_line)"
+	echo "          load average at the start: $LOAD_BEFORE"
+	echo "          wrk, the proxies, storagesvc, PostgreSQL and Redis share these CPUs; nothing is pinned"
+	echo "network:  $network; nginx on the host network"
+	echo "logging:  RUST_LOG=$LOG_LEVEL, ACCESS_LOG=${ACCESS_LOG:-all}, LOG_FORMAT=json, to files"
+	echo "books:    GET /books returns $BOOKS_COUNT books, $BOOKS_BYTES bytes; storagesvc's DB_MAX_CONNECTIONS=$DB_MAX_CONNECTIONS"
+	echo "requests: spread over $DISTINCT_KEYS URLs, /books?limit=1000 down to /books?limit=$((1001 - DISTINCT_KEYS)), the same for each target"
+	echo
+	printf '%-27s %7s %8s %8s %8s %9s %8s %7s\n' run "req/s" "p50 ms" "p99 ms" "max ms" requests "non-2xx" "socket"
+	row direct "storagesvc directly"
+	row booksvc "through booksvc"
+	row nginx "through the nginx peer"
+	echo
+	echo "CPU per answer, microseconds (process CPU time over the run / answers):"
+	printf '%-24s %7s %11s %11s %7s %7s %13s\n' run proxy storagesvc PostgreSQL Redis wrk docker-proxy
+	hop_row direct "storagesvc directly" 0
+	hop_row booksvc "through booksvc" 1
+	hop_row nginx "through the nginx peer" 5
+	echo
+	echo "answers proxied (storagesvc's own count of GET /books during each run):"
+	printf '  %-24s %9s answers, storagesvc served %9s; not proxied (stale or coalesced): %s\n' \
+		"storagesvc directly" "${R_REQ[direct]}" "${R_SERVED[direct]}" "$(not_proxied direct)" \
+		"through booksvc" "${R_REQ[booksvc]}" "${R_SERVED[booksvc]}" "$np_book" \
+		"through the nginx peer" "${R_REQ[nginx]}" "${R_SERVED[nginx]}" "$np_nginx"
+	echo "  booksvc's own count: $answers answers, $attempts attempts to storagesvc, $fallbacks from the last-good store"
+	echo
+	printf '%-44s %-10s %s\n' \
+		"booksvc CPU per answer" "$book_us us" "" \
+		"booksvc CPU per request storagesvc served" "$book_us_proxied us" "(an upper bound per proxied request)" \
+		"booksvc, judged on $([[ $fresh == yes ]] && echo "CPU per answer" || echo "the upper bound")" "$judged us" "(target <= $TARGET_HOP_BOOKSVC_US us: $v_book; <= 80 us: $v_book80)" \
+		"storagesvc CPU per answer, through booksvc" "$svc_us us" "(target <= $TARGET_HOP_STORAGESVC_US us: $v_svc)" \
+		"booksvc throughput / direct" "$share%" "(target >= $TARGET_HOP_SHARE_PCT%: $v_share)" \
+		"booksvc CPU (judged) / nginx's per answer" "$judged / $nginx_us" "(target: below: $v_below)" \
+		"every answer fresh" "$fresh" "(target: yes: $v_fresh)"
+	echo
+	echo "CPU, cores used on average during each measured run (machine busy in the second before it):"
+	printf '  %-26s %s (%s%% before)\n' \
+		"storagesvc directly" "${R_CPU[direct]}" "${R_IDLE[direct]}" \
+		"through booksvc" "${R_CPU[booksvc]}" "${R_IDLE[booksvc]}" \
+		"through the nginx peer" "${R_CPU[nginx]}" "${R_IDLE[nginx]}"
+	echo
+	local all_met=true
+	for v in "$v_book" "$v_svc" "$v_share" "$v_below" "$v_fresh"; do
+		[[ $v == met ]] || all_met=false
+	done
+	print_result "$all_met"
 }
 
 # --traces: the happy path without traces, then with every span exported.
@@ -890,11 +1136,24 @@ main() {
 	# A fresh random credential per run: the services only ever listen on
 	# loopback, but no fixed token should be needed to reach them.
 	TOKEN=bench-$(random_hex)
+	if [[ $HOP == true ]]; then
+		# storagesvc refuses a request beyond DB_MAX_CONNECTIONS in progress
+		# (503 at once); the direct run must not be, or it measures refusals.
+		export DB_MAX_CONNECTIONS=${DB_MAX_CONNECTIONS:-$CONNECTIONS}
+	fi
 	start_storagesvc
 	start_booksvc
 	check_books
 	write_wrk_script
 
+	if [[ $HOP == true ]]; then
+		start_nginx
+		log "the hop: storagesvc directly, booksvc, the nginx peer"
+		measure_hop
+		print_hop_summary | tee "$LOG_DIR/summary.txt"
+		end_run
+		return
+	fi
 	if [[ $TRACES == true ]]; then
 		log "traces: happy path without, then with traces exported"
 		measure_traces

@@ -24,6 +24,7 @@
 //! on every replica before the answer goes out, so no later stale answer shows the book
 //! as it was.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -278,8 +279,8 @@ pub struct DeleteBook;
     responses((status = 204, response = inline(Deleted)), DeleteAnswers)
 )]
 pub async fn write(
-    State(upstream): State<Upstream>,
-    State(store): State<LastGoodStore>,
+    State(upstream): State<Arc<Upstream>>,
+    State(store): State<Arc<LastGoodStore>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,

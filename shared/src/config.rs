@@ -48,12 +48,41 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Which answers get an access log line (`finished processing request`, with the status
+/// and the latency, in the request's span). A line per answer is the costliest thing a
+/// proxied read does besides its I/O: formatting it, with its span, and writing it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccessLog {
+    /// Every answer.
+    #[default]
+    All,
+    /// Only 4xx and 5xx answers; the request metrics still count every answer.
+    Errors,
+    /// None; the request metrics still count every answer.
+    Off,
+}
+
+impl AccessLog {
+    /// Whether an answer with `status` gets a line.
+    pub fn logs(self, status: axum::http::StatusCode) -> bool {
+        match self {
+            AccessLog::All => true,
+            AccessLog::Errors => status.is_client_error() || status.is_server_error(),
+            AccessLog::Off => false,
+        }
+    }
+}
+
 /// Settings every service has, flattened into each service's own `Config`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// Log line format; `RUST_LOG` filters what is logged.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+
+    /// Which answers get an access log line: `all`, `errors` (4xx and 5xx) or `off`.
+    #[arg(long, env = "ACCESS_LOG", value_enum, default_value = "all")]
+    pub access_log: AccessLog,
 
     /// How long in-flight requests may take to finish after SIGTERM before they are cut.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -105,6 +134,7 @@ impl CommonArgs {
             max_header_bytes: self.max_header_bytes as usize,
             max_body_bytes: self.max_body_bytes as usize,
             shutdown_grace: self.shutdown_grace,
+            access_log: self.access_log,
         }
     }
 }
@@ -138,6 +168,23 @@ mod tests {
         // Whatever is accepted can be added to a clock.
         let longest = parse_duration("365days").unwrap();
         assert!(tokio::time::Instant::now().checked_add(longest).is_some());
+    }
+
+    #[test]
+    fn the_access_log_keeps_what_it_is_told_to() {
+        use axum::http::StatusCode;
+        for (mode, logged) in [
+            (AccessLog::All, [true, true, true]),
+            (AccessLog::Errors, [false, true, true]),
+            (AccessLog::Off, [false, false, false]),
+        ] {
+            let statuses = [
+                StatusCode::OK,
+                StatusCode::NOT_FOUND,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ];
+            assert_eq!(statuses.map(|status| mode.logs(status)), logged, "{mode:?}");
+        }
     }
 
     #[test]

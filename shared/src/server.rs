@@ -33,6 +33,7 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, OnResponse, TraceLa
 use tracing::Level;
 
 use crate::Problem;
+use crate::config::AccessLog;
 use crate::metrics::{HttpMetrics, track_http};
 use crate::problem;
 use crate::telemetry::{record_response, request_span};
@@ -56,8 +57,8 @@ const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// say): retrying at once would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// What one client can hold, for each listener of a service. Defaults are those of
-/// [`crate::config::CommonArgs`], where each has a knob.
+/// What one client can hold, for each listener of a service, and which of its answers
+/// are logged. Defaults are those of [`crate::config::CommonArgs`], where each has a knob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
     /// Time to send a request's headers; an idle keep-alive connection is closed after it.
@@ -74,6 +75,8 @@ pub struct ServerLimits {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after the shutdown signal.
     pub shutdown_grace: Duration,
+    /// Which answers get an access log line.
+    pub access_log: AccessLog,
 }
 
 impl Default for ServerLimits {
@@ -86,6 +89,7 @@ impl Default for ServerLimits {
             max_header_bytes: 16 * 1024,
             max_body_bytes: MAX_BODY_BYTES,
             shutdown_grace: Duration::from_secs(10),
+            access_log: AccessLog::All,
         }
     }
 }
@@ -127,7 +131,7 @@ pub fn with_common_layers(
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
-                        .on_response(LogAndRecordResponse)
+                        .on_response(LogAndRecordResponse(limits.access_log))
                         // The access line above already has the status; a 503 during an
                         // outage is expected behaviour, explained by the service's own
                         // warning, not an error line per request.
@@ -170,10 +174,10 @@ pub fn with_common_layers(
         )
 }
 
-/// The access line of a response (tower-http's, at `INFO`), and its status recorded on the
-/// request span for the traces.
+/// The access line of a response (tower-http's, at `INFO`) when the access log keeps it,
+/// and its status recorded on the request span for the traces.
 #[derive(Debug, Clone, Copy)]
-struct LogAndRecordResponse;
+struct LogAndRecordResponse(AccessLog);
 
 impl<B> OnResponse<B> for LogAndRecordResponse {
     fn on_response(
@@ -183,9 +187,11 @@ impl<B> OnResponse<B> for LogAndRecordResponse {
         span: &tracing::Span,
     ) {
         record_response(response.status(), span);
-        DefaultOnResponse::new()
-            .level(Level::INFO)
-            .on_response(response, latency, span);
+        if self.0.logs(response.status()) {
+            DefaultOnResponse::new()
+                .level(Level::INFO)
+                .on_response(response, latency, span);
+        }
     }
 }
 
@@ -564,6 +570,43 @@ mod tests {
         assert!(
             access_log.is_some_and(|l| l["fields"]["status"] == 200),
             "{output}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_the_access_log_on_errors_only_a_failed_answer_gets_a_line() {
+        let captured = capture_logs_of_this_thread();
+        let routes = Router::new().route(
+            "/work",
+            get(|| async {
+                tracing::info!("handler step");
+                "done"
+            }),
+        );
+        let limits = ServerLimits {
+            access_log: AccessLog::Errors,
+            ..ServerLimits::default()
+        };
+        let app = with_common_layers(
+            routes,
+            HttpMetrics::register(&mut Registry::default()),
+            &limits,
+        );
+        for path in ["/work", "/nowhere"] {
+            app.clone().oneshot(request_for(path)).await.unwrap();
+        }
+
+        let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let access: Vec<serde_json::Value> = output
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["fields"]["message"] == "finished processing request")
+            .collect();
+        assert_eq!(access.len(), 1, "{output}");
+        assert_eq!(access[0]["fields"]["status"], 404, "{output}");
+        assert!(
+            output.contains("handler step"),
+            "other lines stay: {output}"
         );
     }
 

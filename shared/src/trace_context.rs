@@ -111,8 +111,15 @@ impl fmt::Debug for SpanId {
     }
 }
 
+/// Lowercase hex, in one write: every request logs its trace id and sends a `traceparent`,
+/// and formatting it a byte at a time through `write!` took about 1% of booksvc's
+/// instructions per proxied read.
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    bytes.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    // A trace id, the longest value written here, is 16 bytes.
+    let mut text = [0u8; 32];
+    let text = text.get_mut(..2 * bytes.len()).ok_or(fmt::Error)?;
+    hex::encode_to_slice(bytes, text).map_err(|_| fmt::Error)?;
+    f.write_str(std::str::from_utf8(text).map_err(|_| fmt::Error)?)
 }
 
 /// Why a `traceparent` value was not accepted.
