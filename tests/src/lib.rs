@@ -42,15 +42,23 @@ pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
         .map(|value| value.to_str().unwrap().to_owned())
 }
 
-/// A service's `/metrics` page, read from its admin listener at `admin`.
+/// A service's `/metrics` page, read from its admin listener at `admin`. A request that
+/// fails before any answer is sent again, up to twice: a pooled keep-alive connection may
+/// be closed by the server (its idle timeout) just as the client reuses it, which resets
+/// that request and says nothing about the service.
 pub async fn scrape_metrics(http: &reqwest::Client, admin: std::net::SocketAddr) -> String {
-    http.get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .expect("admin /metrics answers")
-        .text()
-        .await
-        .unwrap()
+    let url = format!("http://{admin}/metrics");
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match http.get(&url).send().await {
+            Ok(response) => return response.text().await.unwrap(),
+            Err(err) if tries < 3 && err.is_request() => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("admin /metrics answers: {err:?}"),
+        }
+    }
 }
 
 /// Whether a `Cache-Status` marks an answer served from booksvc's store, for any reason
