@@ -43,22 +43,18 @@ pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
 }
 
 /// A service's `/metrics` page, read from its admin listener at `admin`. A request that
-/// fails before any answer is sent again, up to twice: a pooled keep-alive connection may
-/// be closed by the server (its idle timeout) just as the client reuses it, which resets
-/// that request and says nothing about the service.
+/// fails before any answer is sent again (for up to 2 s): a pooled keep-alive connection
+/// may be closed by the server (its idle timeout) just as the client reuses it, which
+/// resets that request and says nothing about the service.
 pub async fn scrape_metrics(http: &reqwest::Client, admin: std::net::SocketAddr) -> String {
     let url = format!("http://{admin}/metrics");
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match http.get(&url).send().await {
-            Ok(response) => return response.text().await.unwrap(),
-            Err(err) if tries < 3 && err.is_request() => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(err) => panic!("admin /metrics answers: {err:?}"),
-        }
-    }
+    let response = poll::eventually(
+        std::time::Duration::from_secs(2),
+        "admin /metrics answers",
+        || async { http.get(&url).send().await.ok() },
+    )
+    .await;
+    response.text().await.unwrap()
 }
 
 /// Whether a `Cache-Status` marks an answer served from booksvc's store, for any reason
