@@ -70,8 +70,9 @@ pub struct Config {
     #[arg(long, env = "STALE_WHILE_LATE", default_value = "10m", value_parser = parse_positive_duration)]
     pub stale_while_late: Duration,
 
-    /// Most calls in flight to storagesvc: the adaptive limit (AIMD, from 20, at least 8)
-    /// never exceeds this; calls beyond the limit are shed, not queued. 0: no limit.
+    /// Most calls in flight to storagesvc: the adaptive limit (AIMD, from 20, at least 8,
+    /// doubling when reached until the first sign of overload) never exceeds this; calls
+    /// beyond the limit are shed, not queued. 0: no limit.
     #[arg(long, env = "CONCURRENCY_LIMIT_MAX", default_value_t = 200)]
     pub concurrency_limit_max: usize,
 

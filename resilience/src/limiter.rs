@@ -11,6 +11,14 @@
 //!
 //! A refused call is [`CallError::Shed`](crate::CallError::Shed): nothing is sent, and the
 //! caller is answered at once (from the store, or with a `503`).
+//!
+//! At start the limit knows nothing of the upstream, and a first burst of callers (a
+//! replica started, or restarted, under load) would be shed at the initial limit while the
+//! upstream is healthy: reads with nothing stored yet answered `503`. So, like TCP's slow
+//! start, until the first sign of overload a call that finds the limit reached doubles it
+//! (up to the maximum) instead of being refused, at most once per latency threshold: a
+//! hang shows itself within that time (its calls time out or answer late), and its first
+//! sign ends slow start for good; from then on the limit only moves by AIMD.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,6 +57,17 @@ impl Default for LimiterConfig {
 }
 
 impl LimiterConfig {
+    /// The AIMD algorithm of this configuration, starting at `limit` (within min and max).
+    fn aimd(&self, limit: usize) -> Aimd {
+        Aimd::builder()
+            .initial_limit(limit.clamp(self.min, self.max))
+            .min_limit(self.min)
+            .max_limit(self.max)
+            .backoff_ratio(self.backoff)
+            .timeout(self.latency_threshold)
+            .build()
+    }
+
     /// The configuration's mistakes, named; `tower_acc::AimdBuilder::build` would panic.
     pub fn validate(&self) -> Result<(), String> {
         if self.min == 0 {
@@ -73,11 +92,42 @@ impl LimiterConfig {
 struct State {
     algorithm: Aimd,
     in_flight: usize,
+    slow_start: SlowStart,
+}
+
+/// Whether a call that finds the limit reached may double it instead of being refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SlowStart {
+    /// No sign of overload yet; the limit last doubled at this instant (`None`: never).
+    On { last_doubled: Option<Instant> },
+    /// A sign of overload was seen: the limit moves by AIMD only.
+    Over,
+}
+
+impl State {
+    /// Doubles the limit (up to `config.max`) when slow start allows it now.
+    fn slow_start_doubles(&mut self, config: &LimiterConfig, now: Instant) -> bool {
+        let SlowStart::On { last_doubled } = self.slow_start else {
+            return false;
+        };
+        let limit = self.algorithm.max_concurrency();
+        let too_soon =
+            last_doubled.is_some_and(|at| now.duration_since(at) < config.latency_threshold);
+        if too_soon || limit >= config.max {
+            return false;
+        }
+        self.algorithm = config.aimd((limit * 2).min(config.max));
+        self.slow_start = SlowStart::On {
+            last_doubled: Some(now),
+        };
+        true
+    }
 }
 
 /// The limit of one upstream; clones share it.
 #[derive(Clone)]
 pub struct ConcurrencyLimiter {
+    config: LimiterConfig,
     state: Arc<Mutex<State>>,
 }
 
@@ -93,18 +143,13 @@ impl std::fmt::Debug for ConcurrencyLimiter {
 impl ConcurrencyLimiter {
     pub fn new(config: LimiterConfig) -> Result<Self, String> {
         config.validate()?;
-        let initial = config.initial.clamp(config.min, config.max);
-        let algorithm = Aimd::builder()
-            .initial_limit(initial)
-            .min_limit(config.min)
-            .max_limit(config.max)
-            .backoff_ratio(config.backoff)
-            .timeout(config.latency_threshold)
-            .build();
+        let algorithm = config.aimd(config.initial);
         Ok(Self {
+            config,
             state: Arc::new(Mutex::new(State {
                 algorithm,
                 in_flight: 0,
+                slow_start: SlowStart::On { last_doubled: None },
             })),
         })
     }
@@ -116,10 +161,13 @@ impl ConcurrencyLimiter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A slot for one call, or `None` when the limit is reached: shed, do not wait.
+    /// A slot for one call, or `None` when the limit is reached: shed, do not wait. In
+    /// slow start, a reached limit may double instead.
     pub fn try_acquire(&self) -> Option<LimitPermit> {
         let mut state = self.lock();
-        if state.in_flight >= state.algorithm.max_concurrency() {
+        if state.in_flight >= state.algorithm.max_concurrency()
+            && !state.slow_start_doubles(&self.config, Instant::now())
+        {
             return None;
         }
         state.in_flight += 1;
@@ -163,7 +211,12 @@ impl Drop for LimitPermit {
         let mut state = self.limiter.lock();
         let in_flight = state.in_flight;
         match self.overloaded {
-            Some(overloaded) => state.algorithm.update(took, in_flight, overloaded, false),
+            Some(overloaded) => {
+                state.algorithm.update(took, in_flight, overloaded, false);
+                if overloaded || took > self.limiter.config.latency_threshold {
+                    state.slow_start = SlowStart::Over;
+                }
+            }
             None => state.algorithm.update(took, in_flight, false, true),
         }
         state.in_flight = in_flight.saturating_sub(1);
@@ -184,9 +237,16 @@ mod tests {
         .unwrap()
     }
 
+    /// Ends slow start with one call that answered `503`.
+    fn overloaded_once(limiter: &ConcurrencyLimiter) {
+        limiter.try_acquire().unwrap().record(true);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn calls_beyond_the_limit_are_refused_at_once() {
-        let limiter = limiter(3, 1, 10);
+        let limiter = limiter(4, 1, 10);
+        overloaded_once(&limiter);
+        assert_eq!(limiter.limit(), 3, "4 × 0.9");
         let held: Vec<_> = (0..3).map(|_| limiter.try_acquire().unwrap()).collect();
         assert!(limiter.try_acquire().is_none(), "the fourth is shed");
         assert_eq!(limiter.in_flight(), 3);
@@ -227,6 +287,37 @@ mod tests {
             limiter.try_acquire().unwrap().record(true);
         }
         assert_eq!(limiter.limit(), 8, "never below the minimum");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_start_a_burst_over_the_limit_doubles_it_at_most_once_per_latency_threshold() {
+        let limiter = limiter(4, 1, 10);
+        let mut held: Vec<_> = (0..8).map(|_| limiter.try_acquire().unwrap()).collect();
+        assert_eq!(limiter.limit(), 8, "the fifth call doubled the limit");
+        assert!(limiter.try_acquire().is_none(), "not again within 50 ms");
+        tokio::time::advance(Duration::from_millis(50)).await;
+        held.extend((0..2).map(|_| limiter.try_acquire().unwrap()));
+        assert_eq!(limiter.limit(), 10, "doubled again, up to the maximum");
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert!(limiter.try_acquire().is_none(), "never above the maximum");
+        assert_eq!(limiter.in_flight(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ends_at_the_first_failure_or_slow_call() {
+        for slow in [false, true] {
+            let limiter = limiter(4, 1, 10);
+            let permit = limiter.try_acquire().unwrap();
+            if slow {
+                tokio::time::advance(Duration::from_millis(60)).await;
+            }
+            permit.record(!slow);
+            assert_eq!(limiter.limit(), 3, "slow: {slow}");
+            let _held: Vec<_> = (0..3).map(|_| limiter.try_acquire().unwrap()).collect();
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(limiter.try_acquire().is_none(), "refused, slow: {slow}");
+            assert_eq!(limiter.limit(), 3, "slow: {slow}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
