@@ -11,10 +11,12 @@
 # after a warm-up; `--quick` makes it a 5 s smoke check.
 #
 # `--traces` measures something else: the cost of exporting traces. booksvc's
-# happy path, once with no OTLP endpoint (no trace layer installed) and once
-# with both services exporting every span (OTEL_EXPORTER_OTLP_ENDPOINT) to a
-# local OTLP receiver (a few lines of Python that accept and drop what they
-# are sent); target: throughput with traces at least 90% of without.
+# happy path, once with no OTLP endpoint (no trace layer installed), once with
+# both services exporting a share of the traces (OTEL_TRACES_SAMPLER=
+# parentbased_traceidratio, `--sample-ratio`, default 0.1) and once exporting
+# every span, to a local OTLP receiver (a few lines of Python that accept and
+# drop what they are sent, on the same cores); target: throughput with sampled
+# traces at least 90% of without. The every-span run is printed beside it.
 #
 # `--hop` measures the cost of the hop itself: the same load, spread over
 # distinct keys, on storagesvc directly, on booksvc and on the nginx peer
@@ -118,10 +120,13 @@ Options:
                      --duration/--warmup say otherwise)
   --no-build         use the existing release binaries instead of cargo build
   --traces           instead of the two phases: booksvc's happy path without
-                     traces, then with both services exporting every span to
-                     a local OTLP receiver (target: at least $TARGET_TRACED_SHARE_PCT% of the
-                     throughput without); with --distinct-keys, each answer
-                     is one traced call through storagesvc
+                     traces, then with both services exporting a share of
+                     the traces (--sample-ratio) to a local OTLP receiver
+                     (target: at least $TARGET_TRACED_SHARE_PCT% of the throughput without),
+                     then every span; with --distinct-keys, each answer is
+                     one traced call through storagesvc
+  --sample-ratio R   --traces: the share of traces the sampled run records
+                     (OTEL_TRACES_SAMPLER_ARG; default 0.1)
   --hop              instead of the two phases: the cost of one hop. The same
                      load, over distinct keys (900 unless --distinct-keys
                      says otherwise), on storagesvc directly, on booksvc, and
@@ -183,6 +188,7 @@ BUILD=true
 QUICK=false
 TRACES=false
 HOP=false
+SAMPLE_RATIO=0.1
 parse_args() {
 	while [[ $# -gt 0 ]]; do
 		case $1 in
@@ -194,7 +200,7 @@ parse_args() {
 		--no-build) BUILD=false ;;
 		--traces) TRACES=true ;;
 		--hop) HOP=true ;;
-		--duration | --warmup | --connections | --threads | --distinct-keys)
+		--duration | --warmup | --connections | --threads | --distinct-keys | --sample-ratio)
 			[[ $# -ge 2 ]] || die "$1 needs a value"
 			case $1 in
 			--duration) DURATION=$2 ;;
@@ -202,6 +208,7 @@ parse_args() {
 			--connections) CONNECTIONS=$2 ;;
 			--threads) THREADS=$2 ;;
 			--distinct-keys) DISTINCT_KEYS=$2 ;;
+			--sample-ratio) SAMPLE_RATIO=$2 ;;
 			esac
 			shift
 			;;
@@ -238,6 +245,8 @@ validate_settings() {
 		die "DISTINCT_KEYS='$DISTINCT_KEYS' is not a number from 0 to 900"
 	fi
 	DISTINCT_KEYS=$((10#$DISTINCT_KEYS))
+	[[ $SAMPLE_RATIO =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] ||
+		die "--sample-ratio '$SAMPLE_RATIO' is not a ratio from 0 to 1"
 	if [[ $HOP == true ]] && ((DISTINCT_KEYS == 0)); then
 		die "--hop measures proxied answers: it needs distinct keys (--distinct-keys 1 to 900)"
 	fi
@@ -543,13 +552,14 @@ OTEL_UNSET=(-u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 	-u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG)
 OTEL_SET=()
 
-# start_sink: an OTLP/HTTP receiver on 127.0.0.1 that answers every export
-# with an empty success and counts what it was sent (in $LOG_DIR/otlp-sink.log).
+# start_sink TAG: an OTLP/HTTP receiver on 127.0.0.1 that answers every export
+# with an empty success and counts what it was sent (in $LOG_DIR/otlp-sink-TAG.log).
 SINK_PORT=""
 start_sink() {
 	require_tools python3
+	stop_process "$SINK_PID"
 	SINK_PORT=$(pick_free_port)
-	python3 - "$SINK_PORT" "$LOG_DIR/otlp-sink.log" >&2 <<'PY' &
+	python3 - "$SINK_PORT" "$LOG_DIR/otlp-sink-$1.log" >&2 <<'PY' &
 import http.server, sys
 port, log = int(sys.argv[1]), sys.argv[2]
 exports = received = 0
@@ -993,24 +1003,42 @@ print_hop_summary() {
 	print_result "$all_met"
 }
 
-# --traces: the happy path without traces, then with every span exported.
-measure_traces() {
-	measure booksvc "booksvc, no traces" "http://127.0.0.1:$BOOK_PORT/books"
-	log "restarting both services with traces exported"
+# restart_traced TAG VARIABLES...: both services restarted, exporting to a new
+# receiver with the OTEL_* variables given.
+restart_traced() {
+	local tag=$1
+	shift
+	log "restarting both services with traces exported: $*"
 	stop_process "$BOOK_PID"
 	stop_process "$SVC_PID"
-	start_sink
-	OTEL_SET=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT")
+	start_sink "$tag"
+	OTEL_SET=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" "$@")
 	start_storagesvc
 	start_booksvc
-	measure traced "booksvc, traces exported" "http://127.0.0.1:$BOOK_PORT/books"
+}
+
+# --traces: the happy path without traces, with a share of them exported, then
+# with every span exported.
+measure_traces() {
+	measure booksvc "booksvc, no traces" "http://127.0.0.1:$BOOK_PORT/books"
+	restart_traced sampled OTEL_TRACES_SAMPLER=parentbased_traceidratio "OTEL_TRACES_SAMPLER_ARG=$SAMPLE_RATIO"
+	measure sampled "booksvc, $SAMPLE_RATIO of traces" "http://127.0.0.1:$BOOK_PORT/books"
+	restart_traced traced OTEL_TRACES_SAMPLER=parentbased_always_on
+	measure traced "booksvc, every span" "http://127.0.0.1:$BOOK_PORT/books"
+}
+
+# sink_counts TAG: "EXPORTS BYTES" the receiver of that run got.
+sink_counts() {
+	local exports=0 bytes=0
+	[[ -s $LOG_DIR/otlp-sink-$1.log ]] && read -r exports bytes <"$LOG_DIR/otlp-sink-$1.log"
+	echo "$exports $bytes"
 }
 
 print_traces_summary() {
-	local share v_share exports=0 bytes=0
-	share=$(awk -v t="${R_RPS[traced]}" -v b="${R_RPS[booksvc]}" 'BEGIN { printf "%.1f", (b > 0 ? 100 * t / b : 0) }')
+	local share share_all v_share
+	share=$(awk -v t="${R_RPS[sampled]}" -v b="${R_RPS[booksvc]}" 'BEGIN { printf "%.1f", (b > 0 ? 100 * t / b : 0) }')
+	share_all=$(awk -v t="${R_RPS[traced]}" -v b="${R_RPS[booksvc]}" 'BEGIN { printf "%.1f", (b > 0 ? 100 * t / b : 0) }')
 	v_share=$(verdict ">=" "$share" "$TARGET_TRACED_SHARE_PCT")
-	[[ -s $LOG_DIR/otlp-sink.log ]] && read -r exports bytes <"$LOG_DIR/otlp-sink.log"
 	echo
 	echo "booksvc benchmark, traces: GET /books, $CONNECTIONS connections, ${DURATION_S}s per run after ${WARMUP_S}s warm-up, $THREADS wrk threads"
 	echo "machine:  $(machine_line)"
@@ -1024,15 +1052,19 @@ print_traces_summary() {
 	echo
 	printf '%-27s %7s %8s %8s %8s %9s %8s %7s\n' run "req/s" "p50 ms" "p99 ms" "max ms" requests "non-2xx" "socket"
 	row booksvc "booksvc, no traces"
-	row traced "booksvc, traces exported"
+	row sampled "booksvc, $SAMPLE_RATIO of traces"
+	row traced "booksvc, every span"
 	echo
-	printf '%-31s %-10s %s\n' "throughput with traces / without" "$share%" "(target >= $TARGET_TRACED_SHARE_PCT%: $v_share)"
-	echo "OTLP receiver: $exports exports, $bytes bytes of protobuf received"
+	printf '%-42s %-8s %s\n' "throughput, $SAMPLE_RATIO of traces / no traces" "$share%" "(target >= $TARGET_TRACED_SHARE_PCT%: $v_share)"
+	printf '%-42s %-8s %s\n' "throughput, every span / no traces" "$share_all%" "(for comparison; the receiver shares the cores)"
+	echo "OTLP receiver, $SAMPLE_RATIO of traces: $(sink_counts sampled | awk '{ print $1 " exports, " $2 " bytes of protobuf" }')"
+	echo "OTLP receiver, every span: $(sink_counts traced | awk '{ print $1 " exports, " $2 " bytes of protobuf" }')"
 	echo
 	echo "CPU, cores used on average during each measured run (machine busy in the second before it):"
 	printf '  %-26s %s (%s%% before)\n' \
 		"booksvc, no traces" "${R_CPU[booksvc]}" "${R_IDLE[booksvc]}" \
-		"booksvc, traces exported" "${R_CPU[traced]}" "${R_IDLE[traced]}"
+		"booksvc, $SAMPLE_RATIO of traces" "${R_CPU[sampled]}" "${R_IDLE[sampled]}" \
+		"booksvc, every span" "${R_CPU[traced]}" "${R_IDLE[traced]}"
 	echo
 	print_result "$([[ $v_share == met ]] && echo true || echo false)"
 }
