@@ -16,9 +16,10 @@
 //! replica started, or restarted, under load) would be shed at the initial limit while the
 //! upstream is healthy: reads with nothing stored yet answered `503`. So, like TCP's slow
 //! start, until the first sign of overload a call that finds the limit reached doubles it
-//! (up to the maximum) instead of being refused, at most once per latency threshold: a
-//! hang shows itself within that time (its calls time out or answer late), and its first
-//! sign ends slow start for good; from then on the limit only moves by AIMD.
+//! (up to the maximum) instead of being refused, as long as the calls have been in flight
+//! without a pause for less than the latency threshold: a burst is let through, a hang
+//! is not fed (its calls stay in flight longer than that), and its first sign (a timeout,
+//! a late answer) ends slow start for good; from then on the limit only moves by AIMD.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -92,34 +93,30 @@ impl LimiterConfig {
 struct State {
     algorithm: Aimd,
     in_flight: usize,
+    /// When `in_flight` last rose from zero.
+    busy_since: Instant,
     slow_start: SlowStart,
 }
 
 /// Whether a call that finds the limit reached may double it instead of being refused.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SlowStart {
-    /// No sign of overload yet; the limit last doubled at this instant (`None`: never).
-    On { last_doubled: Option<Instant> },
+    /// No sign of overload yet.
+    On,
     /// A sign of overload was seen: the limit moves by AIMD only.
     Over,
 }
 
 impl State {
-    /// Doubles the limit (up to `config.max`) when slow start allows it now.
+    /// Doubles the limit (up to `config.max`) when slow start allows it now: calls have
+    /// been in flight without a pause for less than the latency threshold.
     fn slow_start_doubles(&mut self, config: &LimiterConfig, now: Instant) -> bool {
-        let SlowStart::On { last_doubled } = self.slow_start else {
-            return false;
-        };
         let limit = self.algorithm.max_concurrency();
-        let too_soon =
-            last_doubled.is_some_and(|at| now.duration_since(at) < config.latency_threshold);
-        if too_soon || limit >= config.max {
+        let fresh_burst = now.duration_since(self.busy_since) < config.latency_threshold;
+        if self.slow_start == SlowStart::Over || !fresh_burst || limit >= config.max {
             return false;
         }
         self.algorithm = config.aimd((limit * 2).min(config.max));
-        self.slow_start = SlowStart::On {
-            last_doubled: Some(now),
-        };
         true
     }
 }
@@ -149,7 +146,8 @@ impl ConcurrencyLimiter {
             state: Arc::new(Mutex::new(State {
                 algorithm,
                 in_flight: 0,
-                slow_start: SlowStart::On { last_doubled: None },
+                busy_since: Instant::now(),
+                slow_start: SlowStart::On,
             })),
         })
     }
@@ -165,8 +163,12 @@ impl ConcurrencyLimiter {
     /// slow start, a reached limit may double instead.
     pub fn try_acquire(&self) -> Option<LimitPermit> {
         let mut state = self.lock();
+        let now = Instant::now();
+        if state.in_flight == 0 {
+            state.busy_since = now;
+        }
         if state.in_flight >= state.algorithm.max_concurrency()
-            && !state.slow_start_doubles(&self.config, Instant::now())
+            && !state.slow_start_doubles(&self.config, now)
         {
             return None;
         }
@@ -290,17 +292,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn at_start_a_burst_over_the_limit_doubles_it_at_most_once_per_latency_threshold() {
+    async fn at_start_a_burst_over_the_limit_doubles_it_up_to_the_maximum() {
         let limiter = limiter(4, 1, 10);
-        let mut held: Vec<_> = (0..8).map(|_| limiter.try_acquire().unwrap()).collect();
+        let held: Vec<_> = (0..8).map(|_| limiter.try_acquire().unwrap()).collect();
         assert_eq!(limiter.limit(), 8, "the fifth call doubled the limit");
-        assert!(limiter.try_acquire().is_none(), "not again within 50 ms");
-        tokio::time::advance(Duration::from_millis(50)).await;
-        held.extend((0..2).map(|_| limiter.try_acquire().unwrap()));
+        let more: Vec<_> = (0..2).map(|_| limiter.try_acquire().unwrap()).collect();
         assert_eq!(limiter.limit(), 10, "doubled again, up to the maximum");
-        tokio::time::advance(Duration::from_millis(50)).await;
         assert!(limiter.try_acquire().is_none(), "never above the maximum");
         assert_eq!(limiter.in_flight(), 10);
+        drop((held, more));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_does_not_feed_calls_in_flight_for_longer_than_the_latency_threshold() {
+        let limiter = limiter(4, 1, 10);
+        let held: Vec<_> = (0..4).map(|_| limiter.try_acquire().unwrap()).collect();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert!(
+            limiter.try_acquire().is_none(),
+            "busy for 50 ms without a pause: as in a hang, the limit holds"
+        );
+        drop(held);
+        let burst: Vec<_> = (0..5).map(|_| limiter.try_acquire().unwrap()).collect();
+        assert_eq!(limiter.limit(), 8, "a new burst after a pause doubles it");
+        drop(burst);
     }
 
     #[tokio::test(start_paused = true)]
@@ -314,8 +329,10 @@ mod tests {
             permit.record(!slow);
             assert_eq!(limiter.limit(), 3, "slow: {slow}");
             let _held: Vec<_> = (0..3).map(|_| limiter.try_acquire().unwrap()).collect();
-            tokio::time::advance(Duration::from_secs(1)).await;
-            assert!(limiter.try_acquire().is_none(), "refused, slow: {slow}");
+            assert!(
+                limiter.try_acquire().is_none(),
+                "refused within a fresh burst, slow: {slow}"
+            );
             assert_eq!(limiter.limit(), 3, "slow: {slow}");
         }
     }
