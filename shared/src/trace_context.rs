@@ -48,11 +48,20 @@ pub struct TraceId([u8; 16]);
 pub struct SpanId([u8; 8]);
 
 impl TraceId {
-    /// A random trace id. The bytes of a v4 UUID come from the operating system's random
-    /// source; only 6 of its 128 bits are fixed, none of them in the rightmost 7 bytes that
-    /// the W3C asks to be random.
+    /// A random trace id, every one of its 128 bits random. Two v4 UUIDs (from a CSPRNG
+    /// seeded by the operating system), one turned by half its width before they are
+    /// folded together, so that the 6 fixed bits of each meet random bits of the other. A
+    /// single UUID's fixed variant bits sit in the low 8 bytes, which ratio samplers read
+    /// as a number: OpenTelemetry's `traceidratio` then sampled no trace below a ratio of
+    /// about one half.
     pub fn random() -> Self {
-        Self(uuid::Uuid::new_v4().into_bytes())
+        loop {
+            let one = uuid::Uuid::new_v4().as_u128();
+            let two = uuid::Uuid::new_v4().as_u128().rotate_left(64);
+            if let Some(id) = Self::from_bytes((one ^ two).to_be_bytes()) {
+                return id;
+            }
+        }
     }
 
     pub fn from_bytes(bytes: [u8; 16]) -> Option<Self> {
@@ -469,6 +478,34 @@ mod tests {
         assert_ne!(child.parent_id, parent.parent_id);
         assert_eq!(child.sampled, parent.sampled);
         assert_eq!(TraceParent::parse(&child.to_string()).unwrap(), child);
+    }
+
+    #[test]
+    fn trace_ids_are_random_in_every_bit_as_ratio_samplers_need() {
+        // OpenTelemetry's `traceidratio` samples a trace when its low 8 bytes, shifted right
+        // by one, are below ratio × 2^63: with random bits, a tenth of the traces at 0.1.
+        let threshold = (0.1 * (1u64 << 63) as f64) as u64;
+        let (mut ones, mut sampled) = ([0u32; 128], 0);
+        let n = 4000;
+        for _ in 0..n {
+            let id = u128::from_be_bytes(TraceId::random().to_bytes());
+            for (bit, count) in ones.iter_mut().enumerate() {
+                *count += ((id >> bit) & 1) as u32;
+            }
+            if ((id as u64) >> 1) < threshold {
+                sampled += 1;
+            }
+        }
+        for (bit, count) in ones.iter().enumerate() {
+            assert!(
+                (1600..2400).contains(count),
+                "bit {bit} set {count} times of {n}"
+            );
+        }
+        assert!(
+            (250..550).contains(&sampled),
+            "{sampled} of {n} sampled at 0.1"
+        );
     }
 
     #[test]

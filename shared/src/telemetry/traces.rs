@@ -405,6 +405,31 @@ mod tests {
     }
 
     #[test]
+    fn a_ratio_sampler_records_that_share_of_the_requests_traces() {
+        use opentelemetry::trace::SpanKind;
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
+        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.1)));
+        let n = 4000;
+        let sampled = (0..n)
+            .filter(|_| {
+                // The trace id a request without a `traceparent` gets.
+                let id = TraceParent::new_root().trace_id.to_bytes();
+                let result = sampler.should_sample(
+                    None,
+                    otel::TraceId::from_bytes(id),
+                    "GET /books",
+                    &SpanKind::Server,
+                    &[],
+                    &[],
+                );
+                result.decision == SamplingDecision::RecordAndSample
+            })
+            .count();
+        assert!((250..550).contains(&sampled), "{sampled} of {n} at 0.1");
+    }
+
+    #[test]
     fn only_our_spans_are_exported_and_trace_only_spans_are_not_logged() {
         use tracing::callsite::Identifier;
         use tracing::field::FieldSet;
