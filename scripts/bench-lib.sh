@@ -147,10 +147,15 @@ remove_container() {
 # window before the container binds it; if another program takes it
 # meanwhile, the container exits and the start-up check reports it.
 pick_free_port() {
-	local port i
+	local port i low=20000 high=60000 ephemeral_low
+	# Below the ephemeral range where it leaves room: a port that a client
+	# connection (wrk's, or a service's to another) holds as its own cannot be
+	# bound, and such a port is in no listening socket's list.
+	read -r ephemeral_low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || ephemeral_low=0
+	((ephemeral_low > low + 1000)) && high=$ephemeral_low
 	for ((i = 0; i < 100; i++)); do
-		port=$((20000 + RANDOM % 40000))
-		if [[ -z $(ss -Hltn "sport = :$port") ]]; then
+		port=$((low + RANDOM % (high - low)))
+		if [[ -z $(ss -Htan "sport = :$port") ]]; then
 			printf '%d\n' "$port"
 			return 0
 		fi
