@@ -33,7 +33,6 @@ use resilience::{BreakerState, CallError, StaleAfter};
 use shared::Problem;
 use shared::openapi::{Answers, json_response};
 use shared::problem::{INVALID_PATH, INVALID_QUERY, NOT_FOUND, ProblemType};
-use shared::telemetry::TRACE_ONLY;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -328,8 +327,7 @@ impl ReadPath {
     /// Starts the call for `key` on its own task (entry `id` of the coalescer): it asks
     /// storagesvc, stores a success and removes its coalescer entry when it ends.
     fn start_call(&self, query: &BookQuery, key: &CacheKey, id: EntryId) -> Call {
-        let call_span = tracing::info_span!(
-            target: TRACE_ONLY,
+        let call_span = shared::trace_only_span!(
             "call",
             otel.name = "call storagesvc",
             booksvc.cache.key = key.as_str(),
@@ -464,8 +462,7 @@ impl ReadPath {
     ) -> Option<Response> {
         // The fallback decision, for traces: why the read stopped waiting for storagesvc,
         // and what answered it (`none`: nothing stored, or too old to serve for lateness).
-        let span = tracing::info_span!(
-            target: TRACE_ONLY,
+        let span = shared::trace_only_span!(
             "fallback",
             booksvc.fallback.reason = why.as_str(),
             booksvc.store.source = "none",

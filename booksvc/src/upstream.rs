@@ -32,7 +32,7 @@ use resilience::{
 use shared::client::{ClientError, ServiceClient, TokenError, Trail};
 use shared::deadline::REQUEST_TIMEOUT_HEADER;
 use shared::metrics::latency_histogram;
-use shared::telemetry::{TRACE_ONLY, traces};
+use shared::telemetry::traces;
 use std::sync::Arc;
 use tracing::Span;
 use tracing::field::Empty;
@@ -517,8 +517,7 @@ impl Upstream {
 /// `retry` of its call. [`Upstream::attempt`] records the request, [`record_outcome`] how it
 /// ended.
 fn attempt_span(retry: usize) -> Span {
-    tracing::info_span!(
-        target: TRACE_ONLY,
+    shared::trace_only_span!(
         "attempt",
         otel.name = Empty,
         otel.kind = "client",

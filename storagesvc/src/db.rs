@@ -54,7 +54,6 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use shared::deadline;
-use shared::telemetry::TRACE_ONLY;
 use sqlx::Connection as _;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{
@@ -148,8 +147,7 @@ impl Statement {
     }
 
     fn span(self) -> Span {
-        tracing::info_span!(
-            target: TRACE_ONLY,
+        shared::trace_only_span!(
             "query",
             otel.name = self.name,
             otel.kind = "client",

@@ -394,3 +394,53 @@ async fn a_degraded_reads_trace_shows_its_failed_attempt_and_why_it_was_answered
     );
     stack.db.unpause().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_caller_did_not_sample_its_trace_exports_no_span_from_either_service() {
+    const UNSAMPLED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    const MARKER_TRACE_ID: &str = "5c1c63257de34c67a0d4a2b8e6f2c1d9";
+    let exporting = exporting();
+    let stack = stack("/books/1").await;
+    let read = |trace_id: &str, flags: &str| {
+        let traceparent = format!("00-{trace_id}-{CALLER_SPAN_ID}-{flags}");
+        let request = stack
+            .booksvc
+            .http
+            .get(stack.booksvc.url("/"))
+            .header("traceparent", traceparent);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let stale = is_stale(header(&response, "cache-status").as_deref());
+            response.bytes().await.unwrap();
+            stale
+        }
+    };
+
+    // A cold key: a call to storagesvc and its query, under a trace the caller left out.
+    assert!(!read(UNSAMPLED_TRACE_ID, "00").await, "a fresh answer");
+    // Then a sampled read: once its spans have arrived, the first read's would have too.
+    read(MARKER_TRACE_ID, "01").await;
+    let marker = Trace::wait_for(&stack, MARKER_TRACE_ID, |trace| {
+        trace.booksvc_request().is_some() && !trace.storagesvc_requests().is_empty()
+    })
+    .await;
+    assert!(marker.booksvc_request().is_some());
+    exporting.traces.flush().await;
+
+    let unsampled = exporting.receiver.trace(UNSAMPLED_TRACE_ID);
+    assert!(unsampled.is_empty(), "spans exported: {unsampled:#?}");
+    // Both services did handle it, under that trace id: storagesvc was told it, unsampled.
+    let handled = exporting
+        .logs
+        .lines()
+        .iter()
+        .filter(|line| line["fields"]["message"] == "finished processing request")
+        .filter(|line| {
+            line["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s["trace_id"] == UNSAMPLED_TRACE_ID))
+        })
+        .count();
+    assert_eq!(handled, 2, "booksvc's request and storagesvc's");
+}

@@ -37,7 +37,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use shared::telemetry::TRACE_ONLY;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -324,11 +323,7 @@ impl LastGoodStore {
     /// one of the current invalidation generation.
     pub async fn recall(&self, key: &CacheKey) -> Option<(Arc<StoredResponse>, Source)> {
         // The store read, for traces: where the answer was found (`none`: nowhere usable).
-        let span = tracing::info_span!(
-            target: TRACE_ONLY,
-            "store read",
-            booksvc.store.source = "none",
-        );
+        let span = shared::trace_only_span!("store read", booksvc.store.source = "none",);
         let recalled = self.recall_untraced(key).instrument(span.clone()).await;
         if let Some((_, source)) = &recalled {
             span.record("booksvc.store.source", source.as_str());

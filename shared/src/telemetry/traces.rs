@@ -8,6 +8,13 @@
 //! the layer is not installed at all, and the spans made only for traces (target
 //! [`TRACE_ONLY`]) are disabled at their call sites, so they cost nothing.
 //!
+//! **Only recorded traces pay for their spans.** With a sampler that leaves traces out
+//! (`parentbased_traceidratio`), the request spans are made anyway (the logs need them),
+//! but the spans made only for traces are made only under a recorded trace
+//! ([`trace_only_span!`](crate::trace_only_span), [`recording`]); a call made outside any
+//! of them tells the called service that its trace is not recorded
+//! ([`current_traceparent`]), so that service does not record its part either.
+//!
 //! **One trace id, in the logs and in the traces.** [`crate::trace_context`] decides a
 //! request's trace id (the caller's `traceparent`, or a new one), and the logs carry it. The
 //! exported spans use the same: a request span continues the caller's span as its remote
@@ -318,8 +325,32 @@ pub fn continue_remote_parent(span: &Span, parent: TraceParent, tracestate: Opti
     let _ = span.set_parent(Context::new().with_remote_span_context(remote));
 }
 
+/// Whether the current span's trace is recorded: false when not exporting, outside any
+/// exported span, or when the sampler left the trace out. The first call decides the
+/// sampling of a span not yet started (it starts it); the decision then holds.
+pub fn recording() -> bool {
+    exporting() && Span::current().context().span().span_context().is_sampled()
+}
+
+/// A span made only for traces (target [`TRACE_ONLY`], level `INFO`, the arguments of
+/// `tracing::info_span!`), made only when the current trace is recorded ([`recording`]);
+/// otherwise `Span::none()`. Under a trace the sampler left out, such a span would cost a
+/// span's bookkeeping in every layer, for nothing.
+#[macro_export]
+macro_rules! trace_only_span {
+    ($($span:tt)+) => {
+        if $crate::telemetry::traces::recording() {
+            ::tracing::info_span!(target: $crate::telemetry::TRACE_ONLY, $($span)+)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+
 /// The `traceparent` of a call made in the current span: this span as the parent, with its
-/// sampling decision. `None` when not exporting, or outside any exported span.
+/// sampling decision. `None` when not exporting, or outside any request. Outside any
+/// exported span, within a request, the request's trace unsampled: the call is made where
+/// a span made only for traces was not, because the trace is not recorded.
 pub fn current_traceparent() -> Option<TraceParent> {
     if !exporting() {
         return None;
@@ -328,7 +359,10 @@ pub fn current_traceparent() -> Option<TraceParent> {
     let span = context.span();
     let span_context = span.span_context();
     if !span_context.is_valid() {
-        return None;
+        return trace_context::current().map(|request| TraceParent {
+            sampled: false,
+            ..request.outgoing_traceparent()
+        });
     }
     Some(TraceParent {
         trace_id: TraceId::from_bytes(span_context.trace_id().to_bytes())?,
