@@ -265,6 +265,8 @@ pub struct TraceContext {
     incoming: bool,
     tracestate: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
+    /// Whether the trace is recorded while exporting traces (the sampler's decision).
+    recorded: bool,
 }
 
 impl TraceContext {
@@ -284,6 +286,7 @@ impl TraceContext {
                 incoming: true,
                 tracestate: headers.get(TRACESTATE).cloned(),
                 request_id,
+                recorded: true,
             },
             Some(Err(err)) => {
                 let context = Self::new_root(request_id);
@@ -307,7 +310,13 @@ impl TraceContext {
             incoming: false,
             tracestate: None,
             request_id,
+            recorded: true,
         }
+    }
+
+    /// Whether the trace is recorded (always, when not exporting traces).
+    pub fn recorded(&self) -> bool {
+        self.recorded
     }
 
     pub fn trace_id(&self) -> TraceId {
@@ -349,6 +358,12 @@ pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(TraceContext::clone).ok()
 }
 
+/// Whether the trace of the request being handled by this task is recorded: `true`
+/// outside a request, and when not exporting traces.
+pub fn current_recorded() -> bool {
+    CURRENT.try_with(TraceContext::recorded).unwrap_or(true)
+}
+
 /// The trace id of the request being handled by this task, if any.
 pub fn current_trace_id() -> Option<TraceId> {
     CURRENT.try_with(TraceContext::trace_id).ok()
@@ -364,7 +379,8 @@ pub async fn scope<F: Future>(context: TraceContext, future: F) -> F::Output {
 ///
 /// It must run after the request id is set and before the request span is created.
 pub async fn propagate(mut request: Request, next: Next) -> Response {
-    let context = TraceContext::from_headers(request.headers());
+    let mut context = TraceContext::from_headers(request.headers());
+    context.recorded = crate::telemetry::traces::head_decision(&context);
     request.extensions_mut().insert(context.clone());
     scope(context, next.run(request)).await
 }

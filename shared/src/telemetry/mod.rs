@@ -129,9 +129,12 @@ where
 
 /// The span every request runs in (used by the server's `TraceLayer`).
 ///
-/// While traces are exported it is also the request's server span: named `METHOD route`,
-/// with the OpenTelemetry HTTP attributes (the status code is recorded by
-/// [`record_response`]), and the child of the caller's span when a `traceparent` came in.
+/// While traces are exported and the request's trace is recorded, it is also the
+/// request's server span: named `METHOD route`, with the OpenTelemetry HTTP attributes (the
+/// status code is recorded by [`record_response`]), and the child of the caller's span
+/// when a `traceparent` came in. A trace the sampler left out gets the plain span: the
+/// log layer formats every field of it for every line, and the attributes would cost that
+/// for nothing.
 pub fn request_span<B>(request: &Request<B>) -> Span {
     let request_id = request
         .headers()
@@ -147,7 +150,7 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
     let trace_id = context
         .map(|context| context.trace_id().to_string())
         .unwrap_or_default();
-    if !traces::exporting() {
+    if !traces::exporting() || context.is_some_and(|context| !context.recorded()) {
         return tracing::span!(
             Level::INFO,
             "request",

@@ -25,6 +25,7 @@
 //!
 //! Which spans there are, and their attributes, is listed in README ("Traces").
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -38,12 +39,13 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider};
 use reqwest::Url;
 use tracing::Span;
+use tracing::subscriber::Interest;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::filter::DynFilterFn;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::trace_context::{self, SpanId, TraceId, TraceParent};
+use crate::trace_context::{self, SpanId, TraceContext, TraceId, TraceParent};
 
 /// The target of spans made only for traces (an attempt, the fallback decision, a store
 /// read, a query): the log layer skips them, so the logs read as before, and without an
@@ -62,6 +64,9 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether this process exports traces: set once the layer is built.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// The sampler of the exporting layer, asked once per request ([`head_decision`]).
+static HEAD_SAMPLER: OnceLock<Sampler> = OnceLock::new();
 
 /// Whether the OpenTelemetry layer is installed: spans carry their OpenTelemetry
 /// attributes, and calls send their span as the parent.
@@ -254,9 +259,59 @@ where
         .with_location(false)
         .with_threads(false)
         .with_target(false)
-        .with_filter(filter_fn(is_exported).and(filter_fn(|meta| meta.is_span())));
+        .with_filter(
+            // Per span, not per call site: whether the request's trace is recorded.
+            DynFilterFn::new(|meta, _| {
+                meta.is_span() && is_exported(meta) && trace_context::current_recorded()
+            })
+            .with_callsite_filter(|meta| {
+                if meta.is_span() && is_exported(meta) {
+                    Interest::sometimes()
+                } else {
+                    Interest::never()
+                }
+            }),
+        );
+    let _first_layer_only = HEAD_SAMPLER.set(config.sampler.clone());
     EXPORTING.store(true, Ordering::Relaxed);
     Ok((layer, Traces { provider }))
+}
+
+/// Whether a request's trace is recorded, decided once as it arrives by the sampler the
+/// exporter was built with (the caller's `sampled` flag for the `parentbased_` ones, the
+/// trace id for a ratio): the SDK would decide the same for its request span. A trace that
+/// is not recorded costs no span in the export layer at all, as if not exporting. `true`
+/// when not exporting.
+pub fn head_decision(context: &TraceContext) -> bool {
+    use opentelemetry::trace::SpanKind;
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
+    let Some(sampler) = HEAD_SAMPLER.get().filter(|_| exporting()) else {
+        return true;
+    };
+    let parent = context.incoming().map(|parent| {
+        let flags = if parent.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        Context::new().with_remote_span_context(SpanContext::new(
+            otel::TraceId::from_bytes(parent.trace_id.to_bytes()),
+            otel::SpanId::from_bytes(parent.parent_id.to_bytes()),
+            flags,
+            true,
+            TraceState::default(),
+        ))
+    });
+    let result = sampler.should_sample(
+        parent.as_ref(),
+        otel::TraceId::from_bytes(context.trace_id().to_bytes()),
+        "request",
+        &SpanKind::Server,
+        &[],
+        &[],
+    );
+    result.decision != SamplingDecision::Drop
 }
 
 /// Spans of our crates at `INFO` or above, and those made for traces only.
@@ -329,7 +384,9 @@ pub fn continue_remote_parent(span: &Span, parent: TraceParent, tracestate: Opti
 /// exported span, or when the sampler left the trace out. The first call decides the
 /// sampling of a span not yet started (it starts it); the decision then holds.
 pub fn recording() -> bool {
-    exporting() && Span::current().context().span().span_context().is_sampled()
+    exporting()
+        && trace_context::current_recorded()
+        && Span::current().context().span().span_context().is_sampled()
 }
 
 /// A span made only for traces (target [`TRACE_ONLY`], level `INFO`, the arguments of
