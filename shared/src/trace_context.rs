@@ -498,18 +498,14 @@ mod tests {
 
     #[test]
     fn trace_ids_are_random_in_every_bit_as_ratio_samplers_need() {
-        // OpenTelemetry's `traceidratio` samples a trace when its low 8 bytes, shifted right
-        // by one, are below ratio × 2^63: with random bits, a tenth of the traces at 0.1.
-        let threshold = (0.1 * (1u64 << 63) as f64) as u64;
-        let (mut ones, mut sampled) = ([0u32; 128], 0);
+        // Ratio samplers read the low 8 bytes as a number (the sampling itself is tested
+        // with the SDK's sampler in `telemetry::traces`).
+        let mut ones = [0u32; 128];
         let n = 4000;
         for _ in 0..n {
             let id = u128::from_be_bytes(TraceId::random().to_bytes());
             for (bit, count) in ones.iter_mut().enumerate() {
                 *count += ((id >> bit) & 1) as u32;
-            }
-            if ((id as u64) >> 1) < threshold {
-                sampled += 1;
             }
         }
         for (bit, count) in ones.iter().enumerate() {
@@ -518,10 +514,6 @@ mod tests {
                 "bit {bit} set {count} times of {n}"
             );
         }
-        assert!(
-            (250..550).contains(&sampled),
-            "{sampled} of {n} sampled at 0.1"
-        );
     }
 
     #[test]

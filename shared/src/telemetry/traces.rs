@@ -283,26 +283,20 @@ where
 /// is not recorded costs no span in the export layer at all, as if not exporting. `true`
 /// when not exporting.
 pub fn head_decision(context: &TraceContext) -> bool {
+    HEAD_SAMPLER
+        .get()
+        .filter(|_| exporting())
+        .is_none_or(|sampler| samples(sampler, context))
+}
+
+/// What `sampler` decides for the request span of `context`.
+fn samples(sampler: &Sampler, context: &TraceContext) -> bool {
     use opentelemetry::trace::SpanKind;
     use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
 
-    let Some(sampler) = HEAD_SAMPLER.get().filter(|_| exporting()) else {
-        return true;
-    };
-    let parent = context.incoming().map(|parent| {
-        let flags = if parent.sampled {
-            TraceFlags::SAMPLED
-        } else {
-            TraceFlags::default()
-        };
-        Context::new().with_remote_span_context(SpanContext::new(
-            otel::TraceId::from_bytes(parent.trace_id.to_bytes()),
-            otel::SpanId::from_bytes(parent.parent_id.to_bytes()),
-            flags,
-            true,
-            TraceState::default(),
-        ))
-    });
+    let parent = context
+        .incoming()
+        .map(|parent| remote_parent(parent, TraceState::default()));
     let result = sampler.should_sample(
         parent.as_ref(),
         otel::TraceId::from_bytes(context.trace_id().to_bytes()),
@@ -361,23 +355,27 @@ pub fn continue_remote_parent(span: &Span, parent: TraceParent, tracestate: Opti
     if !exporting() {
         return;
     }
+    let state = tracestate
+        .and_then(|value| value.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    // Fails only for a span no layer records; it then has no parent to set.
+    let _ = span.set_parent(remote_parent(parent, state));
+}
+
+/// The caller's span `parent` (from a `traceparent`) as an OpenTelemetry parent context.
+fn remote_parent(parent: TraceParent, state: TraceState) -> Context {
     let flags = if parent.sampled {
         TraceFlags::SAMPLED
     } else {
         TraceFlags::default()
     };
-    let state = tracestate
-        .and_then(|value| value.parse::<TraceState>().ok())
-        .unwrap_or_default();
-    let remote = SpanContext::new(
+    Context::new().with_remote_span_context(SpanContext::new(
         otel::TraceId::from_bytes(parent.trace_id.to_bytes()),
         otel::SpanId::from_bytes(parent.parent_id.to_bytes()),
         flags,
         true,
         state,
-    );
-    // Fails only for a span no layer records; it then has no parent to set.
-    let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+    ))
 }
 
 /// Whether the current span's trace is recorded: false when not exporting, outside any
@@ -497,27 +495,30 @@ mod tests {
 
     #[test]
     fn a_ratio_sampler_records_that_share_of_the_requests_traces() {
-        use opentelemetry::trace::SpanKind;
-        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
-
         let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.1)));
         let n = 4000;
+        // The context of a request without a `traceparent`: a new trace id.
         let sampled = (0..n)
-            .filter(|_| {
-                // The trace id a request without a `traceparent` gets.
-                let id = TraceParent::new_root().trace_id.to_bytes();
-                let result = sampler.should_sample(
-                    None,
-                    otel::TraceId::from_bytes(id),
-                    "GET /books",
-                    &SpanKind::Server,
-                    &[],
-                    &[],
-                );
-                result.decision == SamplingDecision::RecordAndSample
-            })
+            .filter(|_| samples(&sampler, &TraceContext::new_root(None)))
             .count();
         assert!((250..550).contains(&sampled), "{sampled} of {n} at 0.1");
+    }
+
+    #[test]
+    fn a_parent_based_sampler_follows_the_callers_flag() {
+        let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
+        let request = |flags: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            let traceparent =
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            headers.insert("traceparent", traceparent.parse().unwrap());
+            TraceContext::from_headers(&headers)
+        };
+        assert!(samples(&sampler, &request("01")));
+        assert!(!samples(&sampler, &request("00")));
+        assert!(samples(&sampler, &TraceContext::new_root(None)), "a root");
+        let off = Sampler::TraceIdRatioBased(0.0);
+        assert!(!samples(&off, &TraceContext::new_root(None)));
     }
 
     #[test]
