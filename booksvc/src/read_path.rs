@@ -342,11 +342,13 @@ impl ReadPath {
             // Read before the fetch: if a write invalidates the store meanwhile, this answer
             // may predate it and is not kept.
             let generation = store.generation();
-            let result = upstream
-                .get_watched(&target, |_| {
-                    report_failure.send_replace(true);
-                })
-                .await;
+            // The call's and the store's futures are many kilobytes each: boxed, this task's
+            // own future is a few pointers, and moving it (as it is wrapped and spawned)
+            // copies those, not the kilobytes.
+            let result = Box::pin(upstream.get_watched(&target, |_| {
+                report_failure.send_replace(true);
+            }))
+            .await;
             if let Ok(Ok(response)) = &result
                 && response.status.is_success()
             {
@@ -356,7 +358,7 @@ impl ReadPath {
                     fetched_at: SystemTime::now(),
                     generation,
                 };
-                store.remember(key.clone(), stored).await;
+                Box::pin(store.remember(key.clone(), stored)).await;
             }
             in_flight.finish(&key, id);
             Arc::new(result)

@@ -624,7 +624,10 @@ impl Resilience {
         let timeout = self
             .attempt_timeout(permit.is_probe())
             .min(deadline.saturating_duration_since(started));
-        let attempted = tokio::time::timeout(timeout, attempt(timeout)).instrument(span.clone());
+        // Boxed: an attempt's future (an HTTP client's, say) is large, and wrapping it in the
+        // timeout and the span would otherwise copy it whole at each step.
+        let attempted =
+            tokio::time::timeout(timeout, Box::pin(attempt(timeout))).instrument(span.clone());
         let (outcome, retry_after, value) = match attempted.await {
             Ok(attempted) => (
                 attempted.outcome,
