@@ -120,8 +120,7 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    fmt::layer()
-        .json()
+    json_subscriber::fmt::layer()
         .with_current_span(false)
         .with_span_list(true)
         .with_writer(writer)
