@@ -17,6 +17,7 @@ pub mod deadline;
 pub mod extract;
 pub mod health;
 pub mod healthcheck;
+pub mod log_throttle;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;

@@ -37,6 +37,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use shared::log_throttle::LogThrottle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -49,6 +50,10 @@ pub use key::CacheKey;
 const REDIS_REFRESH_AFTER: Duration = Duration::from_secs(10);
 /// Bound on the keys remembered as recently written (beyond it, a write may repeat early).
 const MAX_RECENT_WRITES: u64 = 100_000;
+
+/// The longest a warning that a read can log is held back: `held_back` on the next line
+/// says how many like it were not logged (the metrics count every one).
+const WARN_EVERY: Duration = Duration::from_secs(10);
 /// What one memory entry costs besides its key, body and content type: the entry and its
 /// `Arc`, and the cache's own bookkeeping per entry (an estimate, on the safe side).
 pub const ENTRY_OVERHEAD_BYTES: u32 = 256;
@@ -109,12 +114,18 @@ struct StoreMetrics {
     writes_dropped: Counter,
     refused: Family<RefusalLabels, Counter>,
     invalidations: Counter,
+    /// The warnings a read can log, each at most once per [`WARN_EVERY`]: when Redis is
+    /// down, or holds what another signing key signed, every read would log one.
+    redis_failed_log: Arc<LogThrottle>,
+    refused_log: Arc<LogThrottle>,
 }
 
 impl StoreMetrics {
     fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             redis_errors: Family::default(),
+            redis_failed_log: Arc::new(LogThrottle::new(WARN_EVERY)),
+            refused_log: Arc::new(LogThrottle::new(WARN_EVERY)),
             writes: Counter::default(),
             writes_dropped: Counter::default(),
             refused: Family::default(),
@@ -171,17 +182,28 @@ impl StoreMetrics {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
                 self.redis_error(operation);
-                tracing::warn!(%error, operation, key, "last-good store: Redis failed");
+                if let Some(held_back) = self.redis_failed_log.admit() {
+                    tracing::warn!(
+                        %error,
+                        operation,
+                        key,
+                        held_back,
+                        "last-good store: Redis failed"
+                    );
+                }
                 None
             }
             Err(_) => {
                 self.redis_error(operation);
-                tracing::warn!(
-                    ?timeout,
-                    operation,
-                    key,
-                    "last-good store: Redis did not answer in time"
-                );
+                if let Some(held_back) = self.redis_failed_log.admit() {
+                    tracing::warn!(
+                        ?timeout,
+                        operation,
+                        key,
+                        held_back,
+                        "last-good store: Redis did not answer in time"
+                    );
+                }
                 None
             }
         }
@@ -378,7 +400,14 @@ impl LastGoodStore {
             Ok(stored) => stored,
             Err(err) => {
                 self.metrics.refused("unverified");
-                tracing::warn!(error = %err, key = redis_key, "last-good value in Redis refused");
+                if let Some(held_back) = self.metrics.refused_log.admit() {
+                    tracing::warn!(
+                        error = %err,
+                        key = redis_key,
+                        held_back,
+                        "last-good value in Redis refused"
+                    );
+                }
                 return None;
             }
         };
