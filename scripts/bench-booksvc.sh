@@ -20,6 +20,13 @@
 # answer at most 110% of without (the steadier figure on a shared machine).
 # The every-span run is printed beside it.
 #
+# `--callgrind` counts the instructions booksvc executes per proxied read:
+# booksvc alone under valgrind's callgrind, 4 connections over 900 distinct
+# URLs (every answer proxied), counters zeroed after a warm-up; prints the
+# instructions per answer and the functions that cost the most, inclusive.
+# Instruction counts are the same from run to run whatever else the machine
+# does, unlike CPU times; they leave out the time spent in the kernel.
+#
 # `--hop` measures the cost of the hop itself: the same load, spread over
 # distinct keys, on storagesvc directly, on booksvc and on the nginx peer
 # (bench/nginx) in front of the same storagesvc, and prints the CPU time each
@@ -95,7 +102,7 @@ readonly DB_USER=bench
 
 usage() {
 	cat <<EOF
-Usage: ${0##*/} [--quick] [--no-build] [--traces | --hop] [--duration D] [--warmup D]
+Usage: ${0##*/} [--quick] [--no-build] [--traces | --hop | --callgrind] [--duration D] [--warmup D]
                         [--connections N] [--threads N] [--distinct-keys N]
 
 Benchmarks booksvc's GET /books with wrk, in one run:
@@ -142,6 +149,12 @@ Options:
                      booksvc below nginx, booksvc's throughput >= $TARGET_HOP_SHARE_PCT% of the
                      direct one, every answer fresh. Defaults: 32
                      connections, 20s runs
+  --callgrind        instead of the two phases: booksvc under valgrind's
+                     callgrind, 4 connections over distinct keys (900
+                     unless --distinct-keys says otherwise), 20s measured
+                     after a 10s warm-up; prints booksvc's instructions per
+                     proxied answer and the costliest functions (needs
+                     valgrind, installed with apt-get if missing)
   --duration D       each measured run (default 30s; wrk syntax: 30s, 2m, ...)
   --warmup D         load before each measured run, not counted (default 5s)
   --connections N    concurrent connections (default 64)
@@ -192,6 +205,7 @@ BUILD=true
 QUICK=false
 TRACES=false
 HOP=false
+CALLGRIND=false
 SAMPLE_RATIO=0.1
 parse_args() {
 	while [[ $# -gt 0 ]]; do
@@ -204,6 +218,7 @@ parse_args() {
 		--no-build) BUILD=false ;;
 		--traces) TRACES=true ;;
 		--hop) HOP=true ;;
+		--callgrind) CALLGRIND=true ;;
 		--duration | --warmup | --connections | --threads | --distinct-keys | --sample-ratio)
 			[[ $# -ge 2 ]] || die "$1 needs a value"
 			case $1 in
@@ -223,7 +238,11 @@ parse_args() {
 		esac
 		shift
 	done
-	[[ $TRACES == false || $HOP == false ]] || die "--traces and --hop are separate runs; give one"
+	local modes=0
+	for mode in "$TRACES" "$HOP" "$CALLGRIND"; do
+		[[ $mode == false ]] || modes=$((modes + 1))
+	done
+	((modes <= 1)) || die "--traces, --hop and --callgrind are separate runs; give one"
 	if [[ $QUICK == true ]]; then
 		DURATION=${DURATION:-5s}
 		WARMUP=${WARMUP:-2s}
@@ -234,6 +253,16 @@ parse_args() {
 		CONNECTIONS=${CONNECTIONS:-32}
 		DURATION=${DURATION:-20s}
 		DISTINCT_KEYS=${DISTINCT_KEYS:-900}
+	fi
+	if [[ $CALLGRIND == true ]]; then
+		# Few connections: under callgrind booksvc runs one thread at a
+		# time, some fifty times slower, and a deep queue would only add
+		# waiting, and timeouts.
+		CONNECTIONS=${CONNECTIONS:-4}
+		DURATION=${DURATION:-20s}
+		WARMUP=${WARMUP:-10s}
+		DISTINCT_KEYS=${DISTINCT_KEYS:-900}
+		WRK_TIMEOUT=${WRK_TIMEOUT:-10s}
 	fi
 	CONNECTIONS=${CONNECTIONS:-64}
 	DISTINCT_KEYS=${DISTINCT_KEYS:-0}
@@ -251,8 +280,8 @@ validate_settings() {
 	DISTINCT_KEYS=$((10#$DISTINCT_KEYS))
 	[[ $SAMPLE_RATIO =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] ||
 		die "--sample-ratio '$SAMPLE_RATIO' is not a ratio from 0 to 1"
-	if [[ $HOP == true ]] && ((DISTINCT_KEYS == 0)); then
-		die "--hop measures proxied answers: it needs distinct keys (--distinct-keys 1 to 900)"
+	if [[ $HOP == true || $CALLGRIND == true ]] && ((DISTINCT_KEYS == 0)); then
+		die "--hop and --callgrind measure proxied answers: they need distinct keys (--distinct-keys 1 to 900)"
 	fi
 	[[ $CONTAINER_PREFIX =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]] ||
 		die "CONTAINER_PREFIX='$CONTAINER_PREFIX' is not a container name prefix"
@@ -264,6 +293,9 @@ check_tools() {
 	# containers on the host network.
 	require_tools ss cmp
 	check_common_tools
+	if [[ $CALLGRIND == true ]]; then
+		ensure_package callgrind_control valgrind
+	fi
 }
 
 # --- clean-up -----------------------------------------------------------------
@@ -524,6 +556,8 @@ start_storagesvc() {
 }
 
 BOOK_PORT=""
+# What booksvc runs under (--callgrind: valgrind, which keeps booksvc's pid).
+BOOK_WRAPPER=()
 # booksvc's admin listener: /metrics and the detailed readiness (breaker state).
 BOOK_ADMIN_PORT=""
 start_booksvc() {
@@ -544,7 +578,7 @@ start_booksvc() {
 		LOG_FORMAT=json \
 		RUST_LOG="$LOG_LEVEL" \
 		"${OTEL_SET[@]}" \
-		"$BOOK_BIN" >>"$logfile" 2>&1 </dev/null &
+		"${BOOK_WRAPPER[@]}" "$BOOK_BIN" >>"$logfile" 2>&1 </dev/null &
 	BOOK_PID=$!
 	BOOK_PORT=$(wait_service booksvc "$BOOK_PID" "$logfile" "$BOOK_ADMIN_PORT")
 	log "booksvc healthy on 127.0.0.1:$BOOK_PORT (pid $BOOK_PID)"
@@ -1008,6 +1042,71 @@ print_hop_summary() {
 	print_result "$all_met"
 }
 
+CALLGRIND_FILE=""
+# --callgrind: booksvc's instructions per proxied answer, counted from a
+# warm booksvc (its counters zeroed after the warm-up) over one measured run.
+measure_callgrind() {
+	local url="http://127.0.0.1:$BOOK_PORT/books" s0 s1 c0 c1
+	log "callgrind: warming up for ${WARMUP_S}s ($CONNECTIONS connections, $THREADS threads)"
+	run_wrk "$WARMUP_S" "$LOG_DIR/wrk-callgrind-warmup.txt" "$url"
+	parse_wrk "$LOG_DIR/wrk-callgrind-warmup.txt"
+	check_wrk_errors "callgrind, warm-up" "$LOG_DIR/wrk-callgrind-warmup.txt"
+	s0=$(storagesvc_served)
+	c0=$(metrics_snapshot)
+	callgrind_control --zero "$BOOK_PID" >/dev/null || die "callgrind_control could not zero booksvc's counters"
+	log "callgrind: measuring for ${DURATION_S}s"
+	run_wrk "$DURATION_S" "$LOG_DIR/wrk-callgrind.txt" "$url"
+	callgrind_control --dump "$BOOK_PID" >/dev/null || die "callgrind_control could not dump booksvc's counters"
+	c1=$(metrics_snapshot)
+	s1=$(storagesvc_served)
+	pid_alive "$BOOK_PID" || service_fail booksvc "$LOG_DIR/booksvc.log" "booksvc died during the run"
+	parse_wrk "$LOG_DIR/wrk-callgrind.txt"
+	check_wrk_errors callgrind "$LOG_DIR/wrk-callgrind.txt"
+	R_REQ[callgrind]=$W_REQUESTS
+	R_RPS[callgrind]=$(awk -v r="$W_RPS" 'BEGIN { printf "%d", r + 0.5 }')
+	R_SERVED[callgrind]=$((s1 - s0))
+	R_COUNTERS[callgrind]=$(awk -v a="$c0" -v b="$c1" 'BEGIN {
+		n = split(a, x, " "); split(b, y, " ")
+		for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? " " : ""), y[i] - x[i]
+		print "" }')
+	# The dump asked for is the file with the highest number.
+	local name
+	name=$(find "$LOG_DIR" -maxdepth 1 -name "callgrind.out.$BOOK_PID.*" -printf '%f\n' | sort -t. -k4 -n | tail -n 1)
+	CALLGRIND_FILE=$LOG_DIR/$name
+	[[ -n $name && -s $CALLGRIND_FILE ]] || die "no callgrind dump of booksvc in $LOG_DIR"
+}
+
+print_callgrind_summary() {
+	local total per fallbacks _
+	total=$(awk '$1 == "summary:" { print $2; exit }' "$CALLGRIND_FILE")
+	[[ $total =~ ^[0-9]+$ ]] || die "no instruction count in $CALLGRIND_FILE"
+	per=$(per_answer "$total" "${R_REQ[callgrind]}")
+	read -r _ _ fallbacks _ <<<"${R_COUNTERS[callgrind]}"
+	echo
+	echo "booksvc under callgrind: $CONNECTIONS connections, ${DURATION_S}s measured after ${WARMUP_S}s warm-up"
+	echo "machine:  $(machine_line)"
+	echo "logging:  RUST_LOG=$LOG_LEVEL, ACCESS_LOG=${ACCESS_LOG:-all}, LOG_FORMAT=json, to a file"
+	echo "requests: spread over $DISTINCT_KEYS URLs, /books?limit=1000 down to /books?limit=$((1001 - DISTINCT_KEYS))"
+	echo
+	echo "answers                        ${R_REQ[callgrind]} (${R_RPS[callgrind]}/s under callgrind)"
+	echo "requests storagesvc served     ${R_SERVED[callgrind]}"
+	echo "answers from the last-good store  $fallbacks"
+	echo "instructions, booksvc, user space  $total"
+	echo "instructions per answer        $per"
+	echo
+	# The functions on every thread's stack when the counters were zeroed
+	# (thread start, the runtime's loop) are listed with the whole count as
+	# their own; a function's own share is never near that.
+	echo "costliest functions by their own instructions (callees not included):"
+	callgrind_annotate --inclusive=no --threshold=100 "$CALLGRIND_FILE" 2>/dev/null |
+		awk '/^ *[0-9,]+ +\( *[0-9.]+%\) +[^ ]/ && !/PROGRAM TOTALS/ {
+			share = $0; sub(/^[^(]*\( */, "", share); sub(/%.*/, "", share)
+			if (share + 0 < 50) print }' |
+		head -n 25 | sed -e 's/ \[[^]]*\]$//' -e 's/???://' | cut -c1-150 | sed 's/^/  /'
+	echo
+	echo "raw callgrind output: $CALLGRIND_FILE (callgrind_annotate reads it)"
+}
+
 # restart_plain: both services restarted, exporting nothing, so that every
 # --traces run starts from services just started, with Redis as the last left it.
 restart_plain() {
@@ -1226,9 +1325,20 @@ main() {
 		export DB_MAX_CONNECTIONS=${DB_MAX_CONNECTIONS:-$CONNECTIONS}
 	fi
 	start_storagesvc
+	if [[ $CALLGRIND == true ]]; then
+		BOOK_WRAPPER=(valgrind --tool=callgrind --dump-instr=no
+			"--callgrind-out-file=$LOG_DIR/callgrind.out.%p")
+	fi
 	start_booksvc
 	check_books
 	write_wrk_script
+
+	if [[ $CALLGRIND == true ]]; then
+		measure_callgrind
+		print_callgrind_summary | tee "$LOG_DIR/summary.txt"
+		end_run
+		return
+	fi
 
 	if [[ $HOP == true ]]; then
 		start_nginx

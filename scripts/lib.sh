@@ -40,21 +40,24 @@ detect_compose() {
 	fi
 }
 
-# Installs wrk from the Debian archive if it is missing. apt-get update only
-# runs when the first install attempt fails, since it is slow and usually
-# unnecessary.
-ensure_wrk() {
-	command -v wrk >/dev/null && return 0
-	command -v apt-get >/dev/null || die "wrk is not installed and there is no apt-get to install it with"
-	log "installing wrk"
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2; then
+# ensure_package COMMAND PACKAGE: installs PACKAGE from the Debian archive if
+# COMMAND is missing. apt-get update only runs when the first install attempt
+# fails, since it is slow and usually unnecessary.
+ensure_package() {
+	local command=$1 package=$2
+	command -v "$command" >/dev/null && return 0
+	command -v apt-get >/dev/null || die "$command is not installed and there is no apt-get to install $package with"
+	log "installing $package"
+	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" </dev/null >&2; then
 		log "install failed; refreshing the package lists and retrying"
 		as_root apt-get update -q </dev/null >&2 || die "apt-get update failed"
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk </dev/null >&2 ||
-			die "could not install wrk"
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" </dev/null >&2 ||
+			die "could not install $package"
 	fi
-	command -v wrk >/dev/null || die "wrk is still missing after installing it"
+	command -v "$command" >/dev/null || die "$command is still missing after installing $package"
 }
+
+ensure_wrk() { ensure_package wrk wrk; }
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
