@@ -713,30 +713,41 @@ breaker_state() {
 }
 
 # write_wrk_script: with --distinct-keys, a wrk script that sends each request
-# to the next of DISTINCT_KEYS URLs; each wrk thread starts at another point
-# of the cycle, so that threads running at the same pace do not ask for the
-# same URL at the same moment.
+# to the next of DISTINCT_KEYS URLs; each wrk thread cycles through a share of
+# its own, so that no two threads ask for the same URL at the same moment.
 WRK_SCRIPT=""
 write_wrk_script() {
 	((DISTINCT_KEYS > 0)) || return 0
 	WRK_SCRIPT=$LOG_DIR/distinct-keys.lua
 	cat >"$WRK_SCRIPT" <<EOF
--- Written by bench-booksvc.sh: GET /books?limit=L, L cycling over
--- $DISTINCT_KEYS values from 1000 down.
+-- Written by bench-booksvc.sh: GET /books?limit=L over $DISTINCT_KEYS values of L
+-- from 1000 down. Each wrk thread walks its own share of them, so two
+-- requests in flight ask for the same URL only when a thread has fewer URLs
+-- than connections (booksvc answers concurrent reads of one URL from one
+-- upstream call, which is not the read path this measures). Threads that walked
+-- the same list from different places met now and then.
 local keys = $DISTINCT_KEYS
 local threads = 0
 
 function setup(thread)
-	thread:set("start", math.floor(threads * keys / $THREADS))
+	local from = math.floor(threads * keys / $THREADS)
+	local to = math.floor((threads + 1) * keys / $THREADS)
+	if to <= from then
+		-- More threads than URLs: this one walks them all.
+		from, to = 0, keys
+	end
+	thread:set("first", from)
+	thread:set("count", to - from)
 	threads = threads + 1
 end
 
 function init(args)
-	n = start or 0
+	i = 0
 end
 
 function request()
-	n = (n + 1) % keys
+	local n = first + i
+	i = (i + 1) % count
 	return wrk.format(nil, "/books?limit=" .. (1000 - n))
 end
 EOF
