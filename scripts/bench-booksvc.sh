@@ -808,6 +808,15 @@ proxy_ticks() {
 	printf '%d\n' "$sum"
 }
 
+# counters_delta BEFORE AFTER: two metrics_snapshot readings, field by field,
+# AFTER minus BEFORE.
+counters_delta() {
+	awk -v a="$1" -v b="$2" 'BEGIN {
+		n = split(a, x, " "); split(b, y, " ")
+		for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? " " : ""), y[i] - x[i]
+		print "" }'
+}
+
 # measure TAG LABEL URL [HEADER]: warms up, then measures one wrk run and
 # records its figures and how the CPUs were shared during it.
 measure() {
@@ -841,10 +850,7 @@ measure() {
 	R_SERVED[$tag]=$((s1 - s0))
 	R_US[$tag]="$(us_from_ticks "$book0" "$book1") $(us_from_ticks "$svc0" "$svc1") $(us_from_ns "$pg0" "$pg1") $(us_from_ns "$rd0" "$rd1") $(us_from_ns "$ng0" "$ng1") $(us_from_ticks 0 "$M_WRK_TICKS") $(
 		[[ -n $PG_PROXY_PID$REDIS_PROXY_PID ]] && us_from_ticks "$px0" "$px1" || echo -)"
-	R_COUNTERS[$tag]=$(awk -v a="$c0" -v b="$c1" 'BEGIN {
-		n = split(a, x, " "); split(b, y, " ")
-		for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? " " : ""), y[i] - x[i]
-		print "" }')
+	R_COUNTERS[$tag]=$(counters_delta "$c0" "$c1")
 	pid_alive "$SVC_PID" || service_fail storagesvc "$LOG_DIR/storagesvc.log" "storagesvc died during the run"
 	pid_alive "$BOOK_PID" || service_fail booksvc "$LOG_DIR/booksvc.log" "booksvc died during the run"
 
@@ -1076,10 +1082,7 @@ measure_callgrind() {
 	R_REQ[callgrind]=$W_REQUESTS
 	R_RPS[callgrind]=$(awk -v r="$W_RPS" 'BEGIN { printf "%d", r + 0.5 }')
 	R_SERVED[callgrind]=$((s1 - s0))
-	R_COUNTERS[callgrind]=$(awk -v a="$c0" -v b="$c1" 'BEGIN {
-		n = split(a, x, " "); split(b, y, " ")
-		for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? " " : ""), y[i] - x[i]
-		print "" }')
+	R_COUNTERS[callgrind]=$(counters_delta "$c0" "$c1")
 	# The dump asked for is the file with the highest number.
 	local name
 	name=$(find "$LOG_DIR" -maxdepth 1 -name "callgrind.out.$BOOK_PID.*" -printf '%f\n' | sort -t. -k4 -n | tail -n 1)

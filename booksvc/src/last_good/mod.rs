@@ -115,9 +115,10 @@ struct StoreMetrics {
     refused: Family<RefusalLabels, Counter>,
     invalidations: Counter,
     /// The warnings a read can log, each at most once per [`WARN_EVERY`]: when Redis is
-    /// down, or holds what another signing key signed, every read would log one.
+    /// down or slow, or holds what another signing key signed, every read would log one.
     redis_failed_log: Arc<LogThrottle>,
     refused_log: Arc<LogThrottle>,
+    dropped_write_log: Arc<LogThrottle>,
 }
 
 impl StoreMetrics {
@@ -126,6 +127,7 @@ impl StoreMetrics {
             redis_errors: Family::default(),
             redis_failed_log: Arc::new(LogThrottle::new(WARN_EVERY)),
             refused_log: Arc::new(LogThrottle::new(WARN_EVERY)),
+            dropped_write_log: Arc::new(LogThrottle::new(WARN_EVERY)),
             writes: Counter::default(),
             writes_dropped: Counter::default(),
             refused: Family::default(),
@@ -319,10 +321,13 @@ impl LastGoodStore {
         };
         let Ok(slot) = Arc::clone(&self.write_slots).try_acquire_owned() else {
             self.metrics.writes_dropped.inc();
-            tracing::warn!(
-                key = key.as_str(),
-                "last-good write to Redis dropped: too many writes in flight"
-            );
+            if let Some(held_back) = self.metrics.dropped_write_log.admit() {
+                tracing::warn!(
+                    key = key.as_str(),
+                    held_back,
+                    "last-good write to Redis dropped: too many writes in flight"
+                );
+            }
             return;
         };
         self.recently_written.insert(key.clone(), ()).await;
