@@ -1110,13 +1110,14 @@ print_callgrind_summary() {
 	echo
 	# The functions on every thread's stack when the counters were zeroed
 	# (thread start, the runtime's loop) are listed with the whole count as
-	# their own; a function's own share is never near that.
+	# their own; a function's own share is never near that. awk reads to the
+	# end (no head): a reader that stops early would break the pipe.
 	echo "costliest functions by their own instructions (callees not included):"
 	callgrind_annotate --inclusive=no --threshold=100 "$CALLGRIND_FILE" 2>/dev/null |
 		awk '/^ *[0-9,]+ +\( *[0-9.]+%\) +[^ ]/ && !/PROGRAM TOTALS/ {
 			share = $0; sub(/^[^(]*\( */, "", share); sub(/%.*/, "", share)
-			if (share + 0 < 50) print }' |
-		head -n 25 | sed -e 's/ \[[^]]*\]$//' -e 's/???://' | cut -c1-150 | sed 's/^/  /'
+			if (share + 0 < 50 && shown++ < 25) print }' |
+		sed -e 's/ \[[^]]*\]$//' -e 's/???://' | cut -c1-150 | sed 's/^/  /'
 	echo
 	echo "raw callgrind output: $CALLGRIND_FILE (callgrind_annotate reads it)"
 }

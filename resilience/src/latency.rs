@@ -25,8 +25,8 @@ use crate::scaled;
 
 /// Samples kept: at 200 calls a second, the last 2.5 s.
 const CAPACITY: usize = 512;
-/// p99 is recomputed after this many new samples (a sort of 512 values, about 10 µs),
-/// not on every sample.
+/// p99 is recomputed after this many new samples (a selection among 512 values, a few
+/// microseconds), not on every sample.
 const RECOMPUTE_EVERY: usize = 32;
 /// Fewer samples than this and p99 would be the maximum of a handful: not yet trusted.
 /// With this many, p99 is the third slowest, so one or two timeouts at the onset of a hang
@@ -47,6 +47,9 @@ struct Ring {
     next: usize,
     since_recompute: usize,
     p99: Option<Duration>,
+    /// The samples copied for the selection, kept so that a recomputation allocates
+    /// nothing.
+    scratch: Vec<Duration>,
 }
 
 impl LatencyTracker {
@@ -73,11 +76,8 @@ impl LatencyTracker {
         ring.since_recompute += 1;
         let enough = ring.samples.len() >= MIN_SAMPLES;
         if enough && (ring.p99.is_none() || ring.since_recompute >= RECOMPUTE_EVERY) {
-            let mut sorted = ring.samples.clone();
-            sorted.sort_unstable();
-            // The sample below which 99% of them fall (nearest rank).
-            let rank = (sorted.len() * 99).div_ceil(100).saturating_sub(1);
-            ring.p99 = sorted.get(rank).copied();
+            let ring = &mut *ring;
+            ring.p99 = nearest_rank_p99(&ring.samples, &mut ring.scratch);
             ring.since_recompute = 0;
         }
     }
@@ -86,6 +86,16 @@ impl LatencyTracker {
     pub fn p99(&self) -> Option<Duration> {
         self.lock().p99
     }
+}
+
+/// The sample below which 99% of `samples` fall (nearest rank), found by selection in
+/// `scratch` rather than by sorting: the lock is held for a few microseconds, not ten.
+fn nearest_rank_p99(samples: &[Duration], scratch: &mut Vec<Duration>) -> Option<Duration> {
+    scratch.clear();
+    scratch.extend_from_slice(samples);
+    let rank = (scratch.len() * 99).div_ceil(100).checked_sub(1)?;
+    let (_, p99, _) = scratch.select_nth_unstable(rank);
+    Some(*p99)
 }
 
 /// `factor × p99`, clamped to `[floor, cap]`; the cap while p99 is unknown.
@@ -171,6 +181,26 @@ mod tests {
             tracker.record(ms(4));
         }
         assert_eq!(tracker.p99(), Some(ms(4)));
+    }
+
+    #[test]
+    fn the_selected_p99_is_the_sorted_nearest_rank() {
+        let mut scratch = Vec::new();
+        assert_eq!(nearest_rank_p99(&[], &mut scratch), None);
+        // Values in a scrambled order, with repeats, for several lengths.
+        for len in [1_usize, 2, 99, 100, 101, 256, 512] {
+            let samples: Vec<Duration> = (0..len)
+                .map(|i| Duration::from_micros((i * 7919 % 613) as u64))
+                .collect();
+            let mut sorted = samples.clone();
+            sorted.sort_unstable();
+            let rank = (len * 99).div_ceil(100) - 1;
+            assert_eq!(
+                nearest_rank_p99(&samples, &mut scratch),
+                Some(sorted[rank]),
+                "{len} samples"
+            );
+        }
     }
 
     #[test]
