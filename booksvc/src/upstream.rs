@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 use axum::body::Bytes;
 use axum::http::header::HeaderName;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Body as _;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -29,7 +31,7 @@ use resilience::{
     AttemptObserver, AttemptOutcome, Attempted, BreakerVerdict, CallError, ConcurrencyLimiter,
     LatencyTracker, Resilience, RetryDecision, parse_retry_after,
 };
-use shared::client::{ClientError, ServiceClient, TokenError, Trail};
+use shared::client::{ClientError, Response, ServiceClient, TokenError, Trail};
 use shared::deadline::REQUEST_TIMEOUT_HEADER;
 use shared::metrics::latency_histogram;
 use shared::telemetry::traces;
@@ -549,36 +551,35 @@ fn record_outcome(outcome: AttemptOutcome) {
 
 /// Whether a failed attempt surely sent nothing to storagesvc: the request could not be
 /// built or authorised, or no connection was made (refused, DNS failure, connect
-/// timeout; reqwest's `is_connect`). Any other transport error happened on an open
+/// timeout). Any other transport error happened on an open
 /// connection, after the request may have been written: a reset, an EOF before the
 /// response.
 fn never_sent(err: &ClientError) -> bool {
     match err {
         ClientError::InvalidPath { .. } | ClientError::Token { .. } => true,
-        ClientError::Transport { error, .. } => error.is_connect(),
+        ClientError::Transport { .. } => err.is_connect(),
     }
 }
 
 enum BodyError {
     TooLarge,
-    Unreadable(reqwest::Error),
+    Unreadable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The whole body, or `TooLarge` as soon as it is known to exceed `max_bytes` (from its
-/// `Content-Length`, or while reading): a huge answer is never held in memory.
-async fn read_body(mut response: reqwest::Response, max_bytes: usize) -> Result<Bytes, BodyError> {
-    let announced = response.content_length().unwrap_or(0);
+/// `Content-Length`, or while reading): a huge answer is never held in memory. A body that
+/// arrives in one piece (the usual small answer) is passed on without a copy.
+async fn read_body(response: Response, max_bytes: usize) -> Result<Bytes, BodyError> {
+    let body = response.into_body();
+    let announced = body.size_hint().lower();
     if usize::try_from(announced).map_or(true, |announced| announced > max_bytes) {
         return Err(BodyError::TooLarge);
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(BodyError::Unreadable)? {
-        if body.len() + chunk.len() > max_bytes {
-            return Err(BodyError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
+    match Limited::new(body, max_bytes).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(error) => Err(BodyError::Unreadable(error)),
     }
-    Ok(Bytes::from(body))
 }
 
 /// A success body booksvc can pass on and store: valid JSON, or nothing for a `204`.
@@ -591,7 +592,7 @@ fn is_usable_body(status: StatusCode, body: &[u8]) -> bool {
 /// ours, and retrying would not help.
 fn classify_error(err: &ClientError) -> AttemptOutcome {
     match err {
-        ClientError::Transport { error, .. } if error.is_timeout() => AttemptOutcome::TimedOut,
+        ClientError::Transport { .. } if err.is_timeout() => AttemptOutcome::TimedOut,
         ClientError::Transport { .. } => AttemptOutcome::Unreachable,
         ClientError::Token {
             error: TokenError::Unreachable { .. },

@@ -18,8 +18,8 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderName, HeaderValue};
-use reqwest::RequestBuilder;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use base64::Engine;
 
 use super::discovery::{ServiceVars, parse_http_url};
 use super::error::{ConfigError, TokenError};
@@ -207,8 +207,8 @@ pub(crate) fn header_value(value: &str) -> Option<HeaderValue> {
 /// The credentials of one client, ready to put on requests.
 pub(crate) enum Authenticator {
     None,
+    /// An API key, a bearer token or basic credentials: the same header on every attempt.
     Header(HeaderName, HeaderValue),
-    Basic { user: String, password: Secret },
     OAuth2(Arc<TokenSource>),
 }
 
@@ -230,33 +230,41 @@ impl Authenticator {
                 header_value(key.expose()).ok_or_else(|| invalid("API key"))?,
             ),
             AuthConfig::Bearer(token) => Self::Header(
-                reqwest::header::AUTHORIZATION,
+                header::AUTHORIZATION,
                 header_value(&format!("Bearer {}", token.expose()))
                     .ok_or_else(|| invalid("bearer token"))?,
             ),
-            AuthConfig::Basic { user, password } => Self::Basic { user, password },
+            AuthConfig::Basic { user, password } => {
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{user}:{}", password.expose()));
+                Self::Header(
+                    header::AUTHORIZATION,
+                    header_value(&format!("Basic {encoded}"))
+                        .ok_or_else(|| invalid("basic credentials"))?,
+                )
+            }
             AuthConfig::OAuth2(config) => {
                 Self::OAuth2(Arc::new(TokenSource::new(token_http, config)))
             }
         })
     }
 
-    /// Adds the credentials to one attempt. With OAuth2 this may fetch a token first; the
-    /// token used is returned so a `401` answer can discard it.
+    /// Adds the credentials to one attempt's headers. With OAuth2 this may fetch a token
+    /// first; the token used is returned so a `401` answer can discard it.
     pub(crate) async fn authorize(
         &self,
-        request: RequestBuilder,
-    ) -> Result<(RequestBuilder, Option<AccessToken>), TokenError> {
+        headers: &mut HeaderMap,
+    ) -> Result<Option<AccessToken>, TokenError> {
         Ok(match self {
-            Self::None => (request, None),
-            Self::Header(name, value) => (request.header(name, value.clone()), None),
-            Self::Basic { user, password } => {
-                (request.basic_auth(user, Some(password.expose())), None)
+            Self::None => None,
+            Self::Header(name, value) => {
+                headers.insert(name, value.clone());
+                None
             }
             Self::OAuth2(source) => {
                 let token = source.token().await?;
-                let request = request.header(reqwest::header::AUTHORIZATION, token.header());
-                (request, Some(token))
+                headers.insert(header::AUTHORIZATION, token.header());
+                Some(token)
             }
         })
     }

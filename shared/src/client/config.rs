@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use resilience::BalancerConfig;
 
@@ -54,7 +56,10 @@ pub struct ServiceClientConfig {
 #[derive(Clone)]
 pub struct CaFile {
     pub path: PathBuf,
+    /// For the token endpoint's client (reqwest).
     pub certificates: Vec<reqwest::Certificate>,
+    /// The same certificates, for the data path's TLS settings (rustls).
+    pub der: Vec<CertificateDer<'static>>,
 }
 
 impl CaFile {
@@ -72,7 +77,15 @@ impl CaFile {
                 path.display()
             ))
         })?;
-        if certificates.is_empty() {
+        let der = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| {
+                invalid(format!(
+                    "`{}` is not a PEM file of certificates: {err}",
+                    path.display()
+                ))
+            })?;
+        if certificates.is_empty() || der.is_empty() {
             return Err(invalid(format!(
                 "`{}` holds no certificate (PEM `BEGIN CERTIFICATE` blocks expected)",
                 path.display()
@@ -81,6 +94,7 @@ impl CaFile {
         Ok(Self {
             path: path.to_owned(),
             certificates,
+            der,
         })
     }
 }

@@ -6,14 +6,14 @@
 //! its addresses, again every `resolve_every` and soon after a connection to one fails, and
 //! each attempt goes to the one [`resilience::Balancer`] picks (the less loaded of two,
 //! ejecting an address whose attempts keep failing until a health probe of it passes).
-//! Each address has its own `reqwest` client pinned to it (`resolve`), so its connections
-//! and pool are its own, while the request still names the host: its `Host` header, and
-//! for `https` the name the certificate is checked against, are the service's.
+//! Each address has its own client pinned to it (its resolver knows only that address), so
+//! its connections and pool are its own, while the request still names the host: its
+//! `Host` header, and for `https` the name the certificate is checked against, are the
+//! service's.
 //!
 //! The addresses may also be given (`{NAME}_ADDRESSES`, for a deployment without DNS for
 //! its replicas): they are then used as they are, never resolved. An address's port is
-//! used only when the base URL names none (the base URL's port wins, as in `reqwest`'s own
-//! overrides).
+//! used only when the base URL names none (the base URL's port wins).
 //!
 //! A base URL with an IP address has one address and is called as it is. So is a name
 //! that does not resolve (yet): the attempt then goes out by name, and fails as it would
@@ -25,11 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use axum::http::{Method, Request, Uri};
+use http_body_util::Full;
 use reqwest::Url;
 use resilience::{Balancer, BalancerConfig, BalancerCounts, Pick};
 use tokio::time::Instant;
 
 use super::error::ConfigError;
+use super::http::HttpClient;
 
 /// How often a name is resolved again by default: replicas come and go on an orchestrator
 /// within seconds, and one lookup every few seconds costs nothing.
@@ -42,9 +45,8 @@ const RESOLVE_AFTER_FAILURE_EVERY: Duration = Duration::from_secs(1);
 /// (a database down fails every replica alike, which is the breaker's to judge).
 pub const PROBE_PATH: &str = "/.well-known/alive";
 
-/// Builds the `reqwest` client for one address (`Some`), or for the name (`None`).
-pub type BuildClient =
-    Box<dyn Fn(Option<SocketAddr>) -> Result<reqwest::Client, ConfigError> + Send + Sync>;
+/// Builds the client for one address (`Some`), or for the name (`None`).
+pub type BuildClient = Box<dyn Fn(Option<SocketAddr>) -> HttpClient + Send + Sync>;
 
 /// The addresses of one service and a client for each.
 pub struct Endpoints {
@@ -56,10 +58,10 @@ pub struct Endpoints {
     /// Whether attempts are balanced over addresses (the base URL's host is a name).
     balanced: bool,
     /// The client for the name: used when nothing is resolved, and for IP base URLs.
-    by_name: reqwest::Client,
+    by_name: HttpClient,
     build: BuildClient,
     balancer: Arc<Balancer<SocketAddr>>,
-    clients: Mutex<HashMap<SocketAddr, reqwest::Client>>,
+    clients: Mutex<HashMap<SocketAddr, HttpClient>>,
     resolve_every: Duration,
     probe_timeout: Duration,
     resolved_at: Mutex<Option<Instant>>,
@@ -69,13 +71,13 @@ pub struct Endpoints {
 /// Where one attempt goes: a client, and the balancer's pick to report on (none when the
 /// attempt goes out by name).
 pub struct Route<'a> {
-    pub http: reqwest::Client,
+    pub http: HttpClient,
     pick: Option<Pick<'a, SocketAddr>>,
 }
 
 impl Route<'_> {
     /// The attempt answered: a 5xx counts against the address, anything else for it.
-    pub fn answered(self, status: reqwest::StatusCode) {
+    pub fn answered(self, status: axum::http::StatusCode) {
         if let Some(pick) = self.pick {
             if status.is_server_error() {
                 pick.failed();
@@ -133,7 +135,7 @@ impl Endpoints {
             base_url: base_url.clone(),
             name: if addresses.is_some() { None } else { name },
             balanced,
-            by_name: build(None)?,
+            by_name: build(None),
             build,
             balancer: Arc::new(Balancer::new(balancer)),
             clients: Mutex::new(HashMap::new()),
@@ -158,7 +160,7 @@ impl Endpoints {
         self.balancer.keys()
     }
 
-    fn clients(&self) -> MutexGuard<'_, HashMap<SocketAddr, reqwest::Client>> {
+    fn clients(&self) -> MutexGuard<'_, HashMap<SocketAddr, HttpClient>> {
         // A map of clients, consistent after every statement.
         self.clients
             .lock()
@@ -194,7 +196,7 @@ impl Endpoints {
                 http,
                 pick: Some(pick),
             },
-            // Resolved but its client could not be built (logged when it was tried).
+            // Dropped from the addresses between the pick and here.
             None => {
                 pick.unanswered();
                 self.by_name()
@@ -286,17 +288,9 @@ impl Endpoints {
             let mut clients = self.clients();
             clients.retain(|address, _| found.contains(address));
             for address in found {
-                if clients.contains_key(address) {
-                    continue;
-                }
-                match (self.build)(Some(*address)) {
-                    Ok(client) => {
-                        clients.insert(*address, client);
-                    }
-                    Err(err) => {
-                        tracing::error!(service = %self.service, %address, %err, "cannot build a client for one of the service's addresses");
-                    }
-                }
+                clients
+                    .entry(*address)
+                    .or_insert_with(|| (self.build)(Some(*address)));
             }
         }
         self.balancer.set(found.iter().copied());
@@ -314,7 +308,8 @@ impl Endpoints {
             let timeout = self.probe_timeout;
             let service = self.service.clone();
             tokio::spawn(async move {
-                let outcome = tokio::time::timeout(timeout, http.get(url).send()).await;
+                let outcome =
+                    tokio::time::timeout(timeout, http.request(probe_request(&url))).await;
                 let passed = matches!(&outcome, Ok(Ok(response)) if response.status().is_success());
                 balancer.probed(&address, passed);
                 let why = match &outcome {
@@ -332,8 +327,16 @@ impl Endpoints {
     }
 }
 
+/// A `GET` of the probe's URL.
+fn probe_request(uri: &Uri) -> Request<Full<axum::body::Bytes>> {
+    let mut request = Request::new(Full::default());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri.clone();
+    request
+}
+
 /// The probe's URL: [`PROBE_PATH`] below the base URL's path.
-fn probe_url(base_url: &Url) -> Option<Url> {
+fn probe_url(base_url: &Url) -> Option<Uri> {
     let base = base_url.as_str().trim_end_matches('/');
-    Url::parse(&format!("{base}{PROBE_PATH}")).ok()
+    format!("{base}{PROBE_PATH}").parse().ok()
 }

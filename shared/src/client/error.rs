@@ -2,13 +2,14 @@
 //!
 //! Configuration errors name the environment variable to fix, and the service prints them
 //! and exits. Call errors say which service, which request and what went wrong; the
-//! resilience layer classifies them (a [`ClientError::Transport`] keeps the `reqwest::Error`
-//! so it can ask `is_connect()` or `is_timeout()`). No message contains a credential.
+//! resilience layer classifies them (a [`ClientError::Transport`] keeps the transport error,
+//! so it can ask whether connecting failed, or timed out). No message contains a credential.
 
-use std::error::Error as _;
 use std::fmt;
 
 use axum::http::StatusCode;
+
+use super::http::TransportError;
 
 /// A service client could not be configured. Every message names the variable(s) to fix.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,12 @@ pub enum ConfigError {
         service: String,
         error: reqwest::Error,
     },
+
+    #[error("cannot set up TLS for {service}: {error}")]
+    Tls {
+        service: String,
+        error: rustls::Error,
+    },
 }
 
 /// One call to a service could not be made or did not get an HTTP response.
@@ -77,13 +84,14 @@ pub enum ClientError {
     #[error("cannot authenticate to {service}: {error}")]
     Token { service: String, error: TokenError },
 
-    #[error("{method} {url} failed{}: {}", at(address.as_ref()), chain(error))]
+    #[error("{method} {url} failed{}: {}", at(address.as_ref()), chain(error.as_ref()))]
     Transport {
-        method: reqwest::Method,
+        method: axum::http::Method,
         url: String,
         /// The address the attempt went to, when the service's name stands for several.
         address: Option<std::net::SocketAddr>,
-        error: reqwest::Error,
+        /// Boxed: hyper-util's error is large, and every `Result` of a call would carry it.
+        error: Box<TransportError>,
     },
 }
 
@@ -94,11 +102,35 @@ fn at(address: Option<&std::net::SocketAddr>) -> String {
 
 impl ClientError {
     /// The transport error, for classifying it (connect error, timeout, reset).
-    pub fn transport(&self) -> Option<&reqwest::Error> {
+    pub fn transport(&self) -> Option<&TransportError> {
         match self {
-            Self::Transport { error, .. } => Some(error),
+            Self::Transport { error, .. } => Some(error.as_ref()),
             _ => None,
         }
+    }
+
+    /// No connection could be made (refused, DNS failure, connect timeout): the request
+    /// surely never left.
+    pub fn is_connect(&self) -> bool {
+        self.transport().is_some_and(TransportError::is_connect)
+    }
+
+    /// The transport gave up in time (connecting took longer than the connect timeout).
+    pub fn is_timeout(&self) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = match self.transport() {
+            Some(error) => Some(error),
+            None => None,
+        };
+        while let Some(error) = source {
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                return true;
+            }
+            source = error.source();
+        }
+        false
     }
 }
 
@@ -146,10 +178,11 @@ fn oauth_detail(error: Option<&str>, description: Option<&str>) -> String {
     }
 }
 
-/// `reqwest::Error` says "error sending request" and keeps the useful part ("connection
-/// refused") in its sources; this writes the whole chain into one line.
-pub(crate) fn chain(error: &reqwest::Error) -> impl fmt::Display + '_ {
-    struct Chain<'a>(&'a reqwest::Error);
+/// A transport error says "error sending request" or "client error (Connect)" and keeps
+/// the useful part ("connection refused") in its sources; this writes the whole chain into
+/// one line.
+pub(crate) fn chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> impl fmt::Display + 'a {
+    struct Chain<'a>(&'a (dyn std::error::Error + 'static));
     impl fmt::Display for Chain<'_> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             write!(f, "{}", self.0)?;

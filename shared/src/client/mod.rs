@@ -9,19 +9,21 @@
 //! in those, and because credentials are applied per attempt, a retry after a token refresh
 //! sends the new token.
 //!
-//! The underlying `reqwest` client only bounds connecting ([`DEFAULT_CONNECT_TIMEOUT`]),
-//! keeps a bounded pool of idle connections, follows no redirects (a service's answer is
-//! passed on as it is) and makes no retries of its own, so every attempt the resilience
-//! layer counts is exactly one request on the wire.
+//! The underlying HTTP client ([`http`], hyper-util's) only bounds connecting
+//! ([`DEFAULT_CONNECT_TIMEOUT`]), keeps a bounded pool of idle connections, follows no
+//! redirects (a service's answer is passed on as it is) and makes no retries of its own,
+//! so every attempt the resilience layer counts is one request on the wire.
 //!
 //! The pieces: [`discovery`] (variables and base URL), [`auth`] and [`oauth`] (credentials),
-//! [`config`] (what a client is built from), [`error`] (what can go wrong).
+//! [`config`] (what a client is built from), [`error`] (what can go wrong), [`http`] (the
+//! connections).
 
 pub mod auth;
 pub mod config;
 pub mod discovery;
 pub mod endpoints;
 pub mod error;
+pub mod http;
 pub mod oauth;
 pub mod secret;
 
@@ -31,12 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue, Method, header};
-use reqwest::{RequestBuilder, Response, StatusCode, Url};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::Full;
+use reqwest::Url;
 
 pub use auth::{AuthConfig, X_API_KEY};
 pub use config::{CaFile, DEFAULT_CONNECT_TIMEOUT, ServiceClientConfig};
 pub use error::{ClientError, ConfigError, TokenError};
+pub use http::{HttpClient, Response, TransportError};
 pub use oauth::{ClientAuth, OAuthConfig};
 pub use secret::Secret;
 
@@ -45,6 +49,7 @@ use crate::trace_context::{
 };
 use auth::Authenticator;
 use endpoints::Endpoints;
+use http::HttpSettings;
 use oauth::AccessToken;
 use resilience::BalancerCounts;
 
@@ -115,6 +120,10 @@ struct Inner {
     base_url: Url,
     endpoints: Arc<Endpoints>,
     auth: Authenticator,
+    /// Sent with every attempt unless the call sets the same header.
+    default_headers: HeaderMap,
+    /// `booksvc/0.1.0`.
+    user_agent: HeaderValue,
 }
 
 impl ServiceClient {
@@ -125,7 +134,7 @@ impl ServiceClient {
         caller: &str,
         caller_version: &str,
     ) -> Result<Self, ConfigError> {
-        let service = config.service;
+        let service = config.service.clone();
         let user_agent =
             HeaderValue::from_str(&format!("{caller}/{caller_version}")).map_err(|err| {
                 ConfigError::InvalidHeader {
@@ -134,26 +143,24 @@ impl ServiceClient {
                     reason: err.to_string(),
                 }
             })?;
-        let settings = ClientSettings {
-            service: service.clone(),
-            user_agent,
+        // The token endpoint is another server: it gets the user agent, not the headers
+        // meant for the service, and is reached by name (through reqwest: a token is
+        // fetched once in its lifetime, not once per attempt).
+        let token_http = token_client(&service, &user_agent, &config)?;
+        let auth = Authenticator::new(&service, config.auth, token_http)?;
+        let tls = http::tls_config(config.ca_file.as_ref().map(|ca| ca.der.as_slice())).map_err(
+            |error| ConfigError::Tls {
+                service: service.clone(),
+                error,
+            },
+        )?;
+        let settings = HttpSettings {
             connect_timeout: config.connect_timeout,
             pool_idle_timeout: config.pool_idle_timeout,
             pool_max_idle_per_host: config.pool_max_idle_per_host,
-            ca_file: config.ca_file.clone(),
+            tls: Arc::new(tls),
         };
-        // The token endpoint is another server: it gets the user agent, not the headers
-        // meant for the service, and is reached by name.
-        let auth = Authenticator::new(
-            &service,
-            config.auth,
-            settings.build(HeaderMap::new(), None)?,
-        )?;
-        let host = config.base_url.host_str().unwrap_or_default().to_owned();
-        let default_headers = config.default_headers;
-        let build: endpoints::BuildClient = Box::new(move |address| {
-            settings.build(default_headers.clone(), address.map(|a| (host.as_str(), a)))
-        });
+        let build: endpoints::BuildClient = Box::new(move |address| settings.client(address));
         let endpoints = Endpoints::new(
             &service,
             &config.base_url,
@@ -169,6 +176,8 @@ impl ServiceClient {
                 base_url: config.base_url,
                 endpoints: Arc::new(endpoints),
                 auth,
+                default_headers: config.default_headers,
+                user_agent,
             }),
         })
     }
@@ -265,14 +274,11 @@ impl ServiceClient {
     ) -> Result<Response, ClientError> {
         let route = self.inner.endpoints.route(trail.last()).await;
         trail.went_to(route.address());
-        let (mut request, token) = self
-            .prepare(&route.http, method.clone(), path_and_query, headers)
+        let (request, token) = self
+            .prepare(method.clone(), path_and_query, headers, body)
             .await?;
-        if let Some(body) = body {
-            request = request.body(body);
-        }
         let address = route.address();
-        let response = match request.send().await {
+        let response = match route.http.request(request).await {
             Ok(response) => {
                 route.answered(response.status());
                 response
@@ -289,7 +295,7 @@ impl ServiceClient {
                     method,
                     url,
                     address,
-                    error,
+                    error: Box::new(error),
                 });
             }
         };
@@ -305,17 +311,30 @@ impl ServiceClient {
         Ok(response)
     }
 
+    /// The attempt's request: its URL, the call's headers over the default ones, the
+    /// client's own headers (user agent, trace context, credentials) and the body.
     async fn prepare(
         &self,
-        http: &reqwest::Client,
         method: Method,
         path_and_query: &str,
-        mut headers: HeaderMap,
-    ) -> Result<(RequestBuilder, Option<AccessToken>), ClientError> {
+        call_headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<(Request<Full<Bytes>>, Option<AccessToken>), ClientError> {
         let url = self.url(path_and_query)?;
+        let uri: Uri = url.as_str().parse().map_err(|_| ClientError::InvalidPath {
+            service: self.inner.service.clone(),
+            path: path_and_query.to_owned(),
+            reason: "it is not a valid request target",
+        })?;
+        let mut headers = self.inner.default_headers.clone();
+        // A call's header replaces every default value of the same name.
+        headers.extend(call_headers);
         for owned in [header::AUTHORIZATION, X_API_KEY, TRACEPARENT, TRACESTATE] {
             headers.remove(owned);
         }
+        headers
+            .entry(header::USER_AGENT)
+            .or_insert_with(|| self.inner.user_agent.clone());
         let context = trace_context::current();
         // While traces are exported, the span this call is made in (an attempt) is the
         // parent the service is told of; otherwise a new span id in the same trace.
@@ -335,55 +354,44 @@ impl ServiceClient {
                     .or_insert_with(|| request_id.clone());
             }
         }
-        let request = http.request(method, url).headers(headers);
-        self.inner
+        let token = self
+            .inner
             .auth
-            .authorize(request)
+            .authorize(&mut headers)
             .await
             .map_err(|error| ClientError::Token {
                 service: self.inner.service.clone(),
                 error,
-            })
+            })?;
+        let mut request = Request::new(Full::new(body.unwrap_or_default()));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok((request, token))
     }
 }
 
-/// What every `reqwest` client of one service is built with.
-struct ClientSettings {
-    service: String,
-    user_agent: HeaderValue,
-    connect_timeout: Duration,
-    pool_idle_timeout: Duration,
-    pool_max_idle_per_host: usize,
-    ca_file: Option<CaFile>,
-}
-
-impl ClientSettings {
-    /// A client sending `default_headers`; pinned to one address of `host` when given.
-    fn build(
-        &self,
-        default_headers: HeaderMap,
-        pinned: Option<(&str, SocketAddr)>,
-    ) -> Result<reqwest::Client, ConfigError> {
-        let mut builder = http_client_builder()
-            .user_agent(self.user_agent.clone())
-            .default_headers(default_headers)
-            .connect_timeout(self.connect_timeout)
-            .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .redirect(reqwest::redirect::Policy::none())
-            .retry(reqwest::retry::never());
-        if let Some((host, address)) = pinned {
-            builder = builder.resolve(host, address);
-        }
-        // `https`: the system's roots, or only the configured CA's.
-        if let Some(ca_file) = &self.ca_file {
-            builder = builder.tls_certs_only(ca_file.certificates.iter().cloned());
-        }
-        builder.build().map_err(|error| ConfigError::HttpClient {
-            service: self.service.clone(),
-            error,
-        })
+/// The token endpoint's client: reqwest, with the service's connect timeout and CA file.
+fn token_client(
+    service: &str,
+    user_agent: &HeaderValue,
+    config: &ServiceClientConfig,
+) -> Result<reqwest::Client, ConfigError> {
+    let mut builder = http_client_builder()
+        .user_agent(user_agent.clone())
+        .connect_timeout(config.connect_timeout)
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never());
+    // `https`: the system's roots, or only the configured CA's.
+    if let Some(ca_file) = &config.ca_file {
+        builder = builder.tls_certs_only(ca_file.certificates.iter().cloned());
     }
+    builder.build().map_err(|error| ConfigError::HttpClient {
+        service: service.to_owned(),
+        error,
+    })
 }
 
 impl fmt::Debug for ServiceClient {
