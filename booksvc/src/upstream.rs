@@ -20,7 +20,6 @@ use axum::body::Bytes;
 use axum::http::header::HeaderName;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Body as _;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -31,7 +30,7 @@ use resilience::{
     AttemptObserver, AttemptOutcome, Attempted, BreakerVerdict, CallError, ConcurrencyLimiter,
     LatencyTracker, Resilience, RetryDecision, parse_retry_after,
 };
-use shared::client::{ClientError, Response, ServiceClient, TokenError, Trail};
+use shared::client::{ClientError, ServiceClient, TokenError, Trail};
 use shared::deadline::REQUEST_TIMEOUT_HEADER;
 use shared::metrics::latency_histogram;
 use shared::telemetry::traces;
@@ -435,7 +434,7 @@ impl Upstream {
                         headers.insert(name, value.clone());
                     }
                 }
-                let body = match read_body(response, self.max_body_bytes).await {
+                let body = match read_body(response.into_body(), self.max_body_bytes).await {
                     Ok(body) => body,
                     Err(BodyError::TooLarge) => {
                         return Attempted {
@@ -567,16 +566,22 @@ enum BodyError {
 }
 
 /// The whole body, or `TooLarge` as soon as it is known to exceed `max_bytes` (from its
-/// `Content-Length`, or while reading): a huge answer is never held in memory. A body that
-/// arrives in one piece (the usual small answer) is passed on without a copy.
-async fn read_body(response: Response, max_bytes: usize) -> Result<Bytes, BodyError> {
-    let body = response.into_body();
+/// `Content-Length`, or while reading): a huge answer is never held in memory.
+///
+/// The body is copied into a buffer of its own size. The piece hyper hands over shares the
+/// connection's read buffer (8 KiB and more), and an answer kept in the last-good store
+/// would keep that whole buffer alive: the store's memory bound counts bodies, not buffers.
+async fn read_body<B>(body: B, max_bytes: usize) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let announced = body.size_hint().lower();
     if usize::try_from(announced).map_or(true, |announced| announced > max_bytes) {
         return Err(BodyError::TooLarge);
     }
     match Limited::new(body, max_bytes).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
         Err(error) if error.is::<LengthLimitError>() => Err(BodyError::TooLarge),
         Err(error) => Err(BodyError::Unreadable(error)),
     }
@@ -625,6 +630,53 @@ mod tests {
         tally.started.fetch_add(1, Ordering::Relaxed);
         tally.unsent.fetch_add(1, Ordering::Relaxed);
         assert_eq!(tally.delivery(), Delivery::MaybeSent, "an earlier attempt");
+    }
+
+    /// A body in `chunks`, its length unknown beforehand (like a chunked answer).
+    fn streamed(
+        chunks: Vec<Bytes>,
+    ) -> impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> {
+        let frames = chunks
+            .into_iter()
+            .map(|chunk| Ok(hyper::body::Frame::data(chunk)));
+        http_body_util::StreamBody::new(futures::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_body_read_is_a_copy_of_its_own_size_not_a_piece_of_the_read_buffer() {
+        let read_buffer = Bytes::from([&br#"{"id":1}"#[..], &[b' '; 8192]].concat());
+        let piece = read_buffer.slice(0..8);
+        let Ok(body) = read_body(http_body_util::Full::new(piece), 64).await else {
+            panic!("a body under the limit is read");
+        };
+        assert_eq!(&body[..], br#"{"id":1}"#);
+        let buffer = read_buffer.as_ptr_range();
+        assert!(
+            !buffer.contains(&body.as_ptr()),
+            "the body must not keep the 8 KiB buffer alive"
+        );
+        let Ok(body) = read_body(streamed(vec![Bytes::from("[1,"), Bytes::from("2]")]), 64).await
+        else {
+            panic!("a body in pieces is read");
+        };
+        assert_eq!(&body[..], b"[1,2]");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_announced_or_not() {
+        let announced = http_body_util::Full::new(Bytes::from(vec![b'1'; 65]));
+        assert!(matches!(
+            read_body(announced, 64).await,
+            Err(BodyError::TooLarge)
+        ));
+        let streamed = streamed(vec![
+            Bytes::from(vec![b'1'; 40]),
+            Bytes::from(vec![b'1'; 40]),
+        ]);
+        assert!(matches!(
+            read_body(streamed, 64).await,
+            Err(BodyError::TooLarge)
+        ));
     }
 
     #[test]
