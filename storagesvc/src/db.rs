@@ -711,7 +711,8 @@ impl Database {
             while (self.pool.size() as usize) < max {
                 // The idle connections are handed out first; only acquires beyond them open
                 // new ones.
-                let wanted = self.pool.num_idle() + max.saturating_sub(self.pool.size() as usize);
+                let wanted = idle_connections(&self.pool)
+                    .saturating_add(max.saturating_sub(self.pool.size() as usize));
                 while acquiring.len() < REFILL_PARALLELISM.min(wanted) {
                     acquiring.spawn(self.pool.acquire());
                 }
@@ -751,7 +752,7 @@ impl Database {
     /// restart each would fail a request before being replaced, and after a pause it may
     /// be in any state. Fresh ones are opened when the database answers again.
     fn close_idle_connections(&self) {
-        for _ in 0..self.pool.num_idle() {
+        for _ in 0..idle_connections(&self.pool) {
             match self.pool.try_acquire() {
                 // Detached and dropped: closed without the goodbye message, which a paused
                 // database would never read.
@@ -806,13 +807,20 @@ impl Database {
     }
 }
 
+/// The pool's idle connections, at most its size. sqlx keeps the idle count in an atomic
+/// counter that can read below zero, wrapped to near `usize::MAX`, for a moment while
+/// connections change hands (seen once as an overflow in `refill`).
+fn idle_connections(pool: &PgPool) -> usize {
+    pool.num_idle().min(pool.size() as usize)
+}
+
 /// `db_pool_connections` and `db_pool_idle_connections`, read from the pool at each scrape.
 #[derive(Debug)]
 struct PoolGauges(PgPool);
 
 impl Collector for PoolGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let idle = i64::try_from(self.0.num_idle()).unwrap_or(i64::MAX);
+        let idle = i64::try_from(idle_connections(&self.0)).unwrap_or(i64::MAX);
         let gauges = [
             (
                 "db_pool_connections",
