@@ -56,9 +56,7 @@ pub struct ServiceClientConfig {
 #[derive(Clone)]
 pub struct CaFile {
     pub path: PathBuf,
-    /// For the token endpoint's client (reqwest).
-    pub certificates: Vec<reqwest::Certificate>,
-    /// The same certificates, for the data path's TLS settings (rustls).
+    /// The certificates, trusted by the data path (rustls) and the token endpoint (reqwest).
     pub der: Vec<CertificateDer<'static>>,
 }
 
@@ -71,12 +69,6 @@ impl CaFile {
         };
         let pem = std::fs::read(path)
             .map_err(|err| invalid(format!("cannot read `{}`: {err}", path.display())))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
-            invalid(format!(
-                "`{}` is not a PEM file of certificates: {err}",
-                path.display()
-            ))
-        })?;
         let der = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| {
@@ -85,7 +77,7 @@ impl CaFile {
                     path.display()
                 ))
             })?;
-        if certificates.is_empty() || der.is_empty() {
+        if der.is_empty() {
             return Err(invalid(format!(
                 "`{}` holds no certificate (PEM `BEGIN CERTIFICATE` blocks expected)",
                 path.display()
@@ -93,7 +85,6 @@ impl CaFile {
         }
         Ok(Self {
             path: path.to_owned(),
-            certificates,
             der,
         })
     }
@@ -103,7 +94,7 @@ impl fmt::Debug for CaFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CaFile")
             .field("path", &self.path)
-            .field("certificates", &self.certificates.len())
+            .field("certificates", &self.der.len())
             .finish()
     }
 }

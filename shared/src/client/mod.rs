@@ -385,13 +385,20 @@ fn token_client(
         .redirect(reqwest::redirect::Policy::none())
         .retry(reqwest::retry::never());
     // `https`: the system's roots, or only the configured CA's.
-    if let Some(ca_file) = &config.ca_file {
-        builder = builder.tls_certs_only(ca_file.certificates.iter().cloned());
-    }
-    builder.build().map_err(|error| ConfigError::HttpClient {
+    let failed = |error| ConfigError::HttpClient {
         service: service.to_owned(),
         error,
-    })
+    };
+    if let Some(ca_file) = &config.ca_file {
+        let certificates = ca_file
+            .der
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed)?;
+        builder = builder.tls_certs_only(certificates);
+    }
+    builder.build().map_err(failed)
 }
 
 impl fmt::Debug for ServiceClient {
